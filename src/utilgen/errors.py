@@ -1,0 +1,34 @@
+"""User-facing errors.
+
+Every error a user can cause is a :class:`UtilgenError` with a one-line message that names
+the input and the fix. The CLI prints the message without a traceback and exits with
+:data:`EXIT_USER_ERROR`; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class UtilgenError(Exception):
+    """Base class of errors caused by user input (config, data, paths, models)."""
+
+
+class ConfigError(UtilgenError):
+    """The config file or a ``--set`` override is invalid."""
+
+
+class DataError(UtilgenError):
+    """A dataset cannot be read: missing path, empty class, corrupt file, wrong column."""
+
+
+class ModelNotFoundError(UtilgenError):
+    """A model id or path is not available offline."""
+
+
+class PoolError(UtilgenError):
+    """The sample pool of a run directory is missing, corrupt or inconsistent."""
+
+
+class RunLockedError(UtilgenError):
+    """Another process holds the run directory's lock."""
