@@ -10,6 +10,7 @@ closest valid key.
 from __future__ import annotations
 
 import difflib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -248,3 +249,30 @@ def config_to_yaml(config: RunConfig) -> str:
 def save_config(config: RunConfig, path: str | Path) -> Path:
     """Write the resolved config atomically."""
     return write_text_atomic(path, config_to_yaml(config))
+
+
+def preset_path(name: str) -> Path:
+    """Path of a preset shipped in the package (``utilgen/configs/<name>.yaml``)."""
+    return Path(str(resources.files("utilgen") / "configs" / f"{name}.yaml"))
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    folder = Path(str(resources.files("utilgen") / "configs"))
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Load a config from a YAML path or, when no such file exists, a shipped preset name."""
+    path = Path(name_or_path)
+    if not path.exists() and path.suffix not in (".yaml", ".yml") and path.name == name_or_path:
+        if preset_path(name_or_path).is_file():
+            path = preset_path(name_or_path)
+        else:
+            close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+            hint = f" (did you mean preset '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"config {name_or_path!r} is neither a file nor a preset{hint}; "
+                f"presets: {', '.join(preset_names())}"
+            )
+    return load_config(path, overrides)

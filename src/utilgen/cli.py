@@ -1,0 +1,252 @@
+"""The ``utilgen`` command line: a thin typer app over importable functions.
+
+User errors (:class:`~utilgen.errors.UtilgenError`, bad usage) print one line and exit 2;
+``--debug`` anywhere on the line shows the traceback instead. ``--quiet`` silences progress
+bars and info logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from utilgen import __version__
+from utilgen.config import RunConfig, resolve_config
+from utilgen.errors import EXIT_USER_ERROR, UtilgenError
+from utilgen.progress import set_quiet
+
+GLOBAL_FLAGS = ("--debug", "--quiet")
+
+app = typer.Typer(
+    name="utilgen",
+    help="Utility-guided synthetic training data: generate, value, select, feed back.\n\n"
+    "Global flags, accepted anywhere on the line: --debug (tracebacks), --quiet (no progress).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+pool_app = typer.Typer(help="Inspect, verify and export a run's sample pool.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[
+    str,
+    typer.Argument(
+        help="YAML config file, or the name of a shipped preset (e.g. digits-real-only).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable)."),
+]
+RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+
+
+def _resolve_config(config: str, overrides: list[str] | None) -> RunConfig:
+    return resolve_config(config, overrides or [])
+
+
+def _version(value: bool) -> None:
+    if value:
+        out_console.print(f"utilgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """utilgen: utility-guided synthetic training data."""
+
+
+@app.command(
+    "run",
+    epilog="Examples:\n\n"
+    "  utilgen run configs/digits-real-only.yaml --out runs/digits\n\n"
+    "  utilgen run bbc-news-real-only --set data.k_shot=20 --set seed=1",
+)
+def run_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>).")
+    ] = None,
+) -> None:
+    """Run (or resume) a config into a run directory and print its results."""
+    cfg = _resolve_config(config, set_)  # validate before the heavy imports
+    from utilgen.loop.run import run
+    from utilgen.report import RunSummary, to_rich_table
+
+    result = run(cfg, out or Path("runs") / cfg.name)
+    out_console.print(to_rich_table([RunSummary(result.run_dir, result.summary)]))
+    out_console.print(f"run directory: {result.run_dir}")
+
+
+@app.command(
+    "train",
+    epilog="Example:\n\n  utilgen train digits-real-only --out models/digits --set task.epochs=10",
+)
+def train_cmd(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints + metrics.")],
+    set_: SetOpt = None,
+) -> None:
+    """Train the configured task model on the real training split (checkpoint per epoch)."""
+    cfg = _resolve_config(config, set_)
+    from utilgen.loop.train_eval import train_task
+
+    metrics = train_task(cfg, out)
+    out_console.print(f"validation accuracy {metrics['val']['accuracy']:.4f}; checkpoints in {out}")
+
+
+@app.command(
+    "eval",
+    epilog="Example:\n\n"
+    "  utilgen eval digits-real-only --checkpoint models/digits/checkpoints/epoch-040.safetensors",
+)
+def eval_cmd(
+    config: ConfigArg,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="A .safetensors checkpoint.")],
+    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a checkpoint on a split of the configured data; prints metrics as JSON."""
+    cfg = _resolve_config(config, set_)
+    from utilgen.loop.train_eval import eval_checkpoint
+
+    metrics = eval_checkpoint(cfg, checkpoint, split)
+    out_console.print_json(json.dumps(metrics))
+
+
+@pool_app.command("show", epilog="Example:\n\n  utilgen pool show runs/digits --limit 5")
+def pool_show(
+    run_dir: RunArg,
+    limit: Annotated[int, typer.Option(help="Rows of the manifest to print.")] = 10,
+) -> None:
+    """Counts per source, class and kept flag, then the first rows of the manifest."""
+    from utilgen.pool import PoolStore
+
+    frame = PoolStore(run_dir).manifest()
+    counts = frame.groupby(["source", "class_name", "kept"]).size().rename("n").reset_index()
+    out_console.print(counts.to_string(index=False))
+    columns = [c for c in ("id", "source", "split", "label", "class_name", "round", "blob") if c in frame]
+    out_console.print(frame[columns].head(limit).to_string(index=False))
+
+
+@pool_app.command("verify", epilog="Example:\n\n  utilgen pool verify runs/digits")
+def pool_verify(run_dir: RunArg) -> None:
+    """Re-hash every blob; exit 0 when the pool is intact, 1 when something is damaged."""
+    from utilgen.pool import verify_pool
+
+    report = verify_pool(run_dir)
+    out_console.print(report.describe())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@pool_app.command(
+    "export",
+    epilog="Examples:\n\n"
+    "  utilgen pool export runs/digits --format imagefolder --out exported/\n\n"
+    "  utilgen pool export runs/bbc --format parquet --out bbc.parquet",
+)
+def pool_export(
+    run_dir: RunArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Destination file or directory.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | jsonl | parquet.")] = "parquet",
+    kept_only: Annotated[bool, typer.Option(help="Export only kept samples.")] = True,
+    source: Annotated[
+        str | None, typer.Option(help="Only samples of this source: real | synthetic.")
+    ] = None,
+) -> None:
+    """Export the pool to an ImageFolder, JSONL, or a `datasets`-loadable Parquet file."""
+    from utilgen.pool import export_pool
+
+    written = export_pool(run_dir, out, fmt, kept_only=kept_only, source=source)
+    out_console.print(f"exported to {written}")
+
+
+@app.command("report", epilog="Example:\n\n  utilgen report utilgen-demo/*/* --out results.md")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write Markdown here.")] = None,
+) -> None:
+    """Compare finished runs in one table (top-1, worst/best class, macro-F1, ECE)."""
+    from utilgen.atomic import write_text_atomic
+    from utilgen.report import load_summary, to_markdown, to_rich_table
+
+    summaries = [load_summary(r) for r in runs]
+    out_console.print(to_rich_table(summaries))
+    if out is not None:
+        write_text_atomic(out, to_markdown(summaries))
+
+
+@app.command("demo", epilog="Examples:\n\n  utilgen demo\n\n  utilgen demo --fast --out /tmp/demo")
+def demo_cmd(
+    fast: Annotated[bool, typer.Option("--fast", help="Smaller, under 3 minutes on 2 cores.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path("utilgen-demo"),
+) -> None:
+    """Run every available strategy on the bundled datasets (digits, BBC News) and compare."""
+    from utilgen.atomic import write_text_atomic
+    from utilgen.loop.demo import run_demo
+    from utilgen.report import RunSummary, to_markdown, to_rich_table
+
+    results = run_demo(out, fast=fast)
+    summaries = [RunSummary(r.run_dir, r.summary) for r in results]
+    write_text_atomic(out / "results.md", to_markdown(summaries))
+    out_console.print(to_rich_table(summaries, title="utilgen demo"))
+    out_console.print(f"run directories under {out}/<dataset>/<strategy>/; table in {out}/results.md")
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug, quiet = ("--debug" in args), ("--quiet" in args)
+    args = [a for a in args if a not in GLOBAL_FLAGS]
+    set_quiet(quiet)
+    _setup_logging(quiet)
+    try:
+        code = app(args=args, prog_name="utilgen", standalone_mode=False)
+    except UtilgenError as err:
+        if debug:
+            raise
+        err_console.print(f"utilgen: error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.TyperException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            # `utilgen` or `utilgen pool` alone: the help text is the answer, not an error.
+            out_console.print(err.format_message(), markup=False, highlight=False)
+            sys.exit(0)
+        if debug:
+            raise
+        err_console.print(
+            f"utilgen: error: {err.format_message()} (see `utilgen --help`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

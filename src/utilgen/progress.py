@@ -1,0 +1,49 @@
+"""Progress bars for long work, silenced by ``--quiet``.
+
+Bars go to stderr so that tables and JSON on stdout stay clean for pipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_state = {"quiet": False}
+_console = Console(stderr=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    """Turn every progress bar off (``--quiet``) or back on."""
+    _state["quiet"] = quiet
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A transient bar; yields ``advance(n)``. A no-op when quiet."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console,
+        transient=True,
+        disable=_state["quiet"],
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
