@@ -119,7 +119,9 @@ def train_cmd(
 )
 def eval_cmd(
     config: ConfigArg,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="A .safetensors checkpoint.")],
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="A .safetensors checkpoint.")
+    ],
     split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
     set_: SetOpt = None,
 ) -> None:
@@ -142,7 +144,9 @@ def pool_show(
     frame = PoolStore(run_dir).manifest()
     counts = frame.groupby(["source", "class_name", "kept"]).size().rename("n").reset_index()
     out_console.print(counts.to_string(index=False))
-    columns = [c for c in ("id", "source", "split", "label", "class_name", "round", "blob") if c in frame]
+    columns = [
+        c for c in ("id", "source", "split", "label", "class_name", "round", "blob") if c in frame
+    ]
     out_console.print(frame[columns].head(limit).to_string(index=False))
 
 
@@ -166,7 +170,9 @@ def pool_verify(run_dir: RunArg) -> None:
 def pool_export(
     run_dir: RunArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Destination file or directory.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="imagefolder | jsonl | parquet.")] = "parquet",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="imagefolder | jsonl | parquet.")
+    ] = "parquet",
     kept_only: Annotated[bool, typer.Option(help="Export only kept samples.")] = True,
     source: Annotated[
         str | None, typer.Option(help="Only samples of this source: real | synthetic.")
@@ -182,7 +188,9 @@ def pool_export(
 @app.command("report", epilog="Example:\n\n  utilgen report utilgen-demo/*/* --out results.md")
 def report_cmd(
     runs: Annotated[list[Path], typer.Argument(help="Run directories.", show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write Markdown here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Also write Markdown here.")
+    ] = None,
 ) -> None:
     """Compare finished runs in one table (top-1, worst/best class, macro-F1, ECE)."""
     from utilgen.atomic import write_text_atomic
@@ -196,8 +204,12 @@ def report_cmd(
 
 @app.command("demo", epilog="Examples:\n\n  utilgen demo\n\n  utilgen demo --fast --out /tmp/demo")
 def demo_cmd(
-    fast: Annotated[bool, typer.Option("--fast", help="Smaller, under 3 minutes on 2 cores.")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path("utilgen-demo"),
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Smaller, under 3 minutes on 2 cores.")
+    ] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path(
+        "utilgen-demo"
+    ),
 ) -> None:
     """Run every available strategy on the bundled datasets (digits, BBC News) and compare."""
     from utilgen.atomic import write_text_atomic
@@ -208,7 +220,9 @@ def demo_cmd(
     summaries = [RunSummary(r.run_dir, r.summary) for r in results]
     write_text_atomic(out / "results.md", to_markdown(summaries))
     out_console.print(to_rich_table(summaries, title="utilgen demo"))
-    out_console.print(f"run directories under {out}/<dataset>/<strategy>/; table in {out}/results.md")
+    out_console.print(
+        f"run directories under {out}/<dataset>/<strategy>/; table in {out}/results.md"
+    )
 
 
 def _setup_logging(quiet: bool) -> None:

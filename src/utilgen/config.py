@@ -42,8 +42,12 @@ class DataConfig(Section):
     text_column: str = Field("text", description="Column holding the text (csv/jsonl/parquet/hf).")
     image_column: str = Field("image", description="Column holding the image (parquet/hf).")
     label_column: str = Field("label", description="Column holding the class (name or index).")
-    hf_split: str = Field("train", description="Split to read when a hf-disk path is a DatasetDict.")
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="Share of each class for validation.")
+    hf_split: str = Field(
+        "train", description="Split to read when a hf-disk path is a DatasetDict."
+    )
+    val_fraction: float = Field(
+        0.15, gt=0.0, lt=0.5, description="Share of each class for validation."
+    )
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of each class for test.")
     k_shot: int | None = Field(
         None, ge=1, description="Real training samples kept per class (None keeps all)."
@@ -235,7 +239,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+            raise ConfigError(
+                f"config file {path} is not valid YAML{where}; fix its syntax"
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
     return config_from_dict(raw, overrides)

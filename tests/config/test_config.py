@@ -28,7 +28,14 @@ def _write(tmp_path: Path, obj: object, name: str = "c.yaml") -> Path:
 
 def test_defaults_validate_and_have_every_section() -> None:
     cfg = RunConfig()
-    assert set(RunConfig.model_fields) >= {"data", "task", "generator", "valuation", "feedback", "loop"}
+    assert set(RunConfig.model_fields) >= {
+        "data",
+        "task",
+        "generator",
+        "valuation",
+        "feedback",
+        "loop",
+    }
     assert cfg.data.source == "digits" and cfg.task.trust_remote_code is False
 
 
@@ -72,7 +79,7 @@ def test_bad_config_fails_in_one_line_naming_the_key(overrides: list[str], expec
 
 
 def test_unknown_key_lists_the_valid_keys_of_its_section() -> None:
-    with pytest.raises(ConfigError, match="valid keys here: .*epochs.*batch_size"):
+    with pytest.raises(ConfigError, match=r"valid keys here: .*epochs.*batch_size"):
         config_from_dict({"task": {"epoch": 3}})
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
 Modality = Literal["image", "text"]
-Item = Union[np.ndarray, str]
+Item = np.ndarray | str
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class LabelledData:
         n = len(self.items)
         if len(self.labels) != n or len(self.ids) != n:
             raise ValueError(
-                f"items ({n}), labels ({len(self.labels)}) and ids ({len(self.ids)}) differ in length"
+                f"items ({n}), labels ({len(self.labels)}) and ids ({len(self.ids)}) "
+                "differ in length"
             )
         if len(set(self.ids)) != n:
             raise ValueError("sample ids must be unique")

@@ -28,7 +28,14 @@ from utilgen.determinism import resolve_device, seed_everything
 from utilgen.errors import UtilgenError
 from utilgen.pool import PoolStore, samples_from_labelled
 from utilgen.report import write_run_report
-from utilgen.task import TaskModel, build_task_model, evaluate, list_checkpoints, load_checkpoint, train
+from utilgen.task import (
+    TaskModel,
+    build_task_model,
+    evaluate,
+    list_checkpoints,
+    load_checkpoint,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +98,18 @@ def _check_same_config(run_dir: Path, config: RunConfig) -> None:
 def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = set(a) | set(b)
-        return [k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+        return [
+            k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
     return [] if a == b else [prefix.rstrip(".")]
 
 
 def _stage1_pool(store: PoolStore, splits: Splits) -> None:
     """Append the real samples of every split (idempotent on resume)."""
     for split_name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        store.append(samples_from_labelled(part, split=split_name, source="real", round=STAGE1_ROUND))
+        store.append(
+            samples_from_labelled(part, split=split_name, source="real", round=STAGE1_ROUND)
+        )
 
 
 def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:

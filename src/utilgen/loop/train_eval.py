@@ -41,14 +41,17 @@ def train_task(config: RunConfig, out: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def eval_checkpoint(config: RunConfig, checkpoint: str | Path, split: str = "test") -> dict[str, Any]:
+def eval_checkpoint(
+    config: RunConfig, checkpoint: str | Path, split: str = "test"
+) -> dict[str, Any]:
     """Metrics of the checkpoint at ``checkpoint`` on ``split`` of the configured data."""
     if split not in SPLITS:
         raise UtilgenError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UtilgenError(
-            f"checkpoint {checkpoint} not found; pass a .safetensors file from a checkpoints/ folder"
+            f"checkpoint {checkpoint} not found; "
+            "pass a .safetensors file from a run's checkpoints/ folder"
         )
     prepared = prepare(config)
     load_checkpoint(prepared.model, checkpoint)

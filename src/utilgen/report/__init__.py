@@ -47,7 +47,8 @@ def load_summary(run_dir: str | Path) -> RunSummary:
         raise UtilgenError(f"run directory {run_dir} not found; pass the --out of a finished run")
     if not path.is_file():
         raise UtilgenError(
-            f"{path} not found: the run has not finished; re-run its `utilgen run` command to resume"
+            f"{path} not found: the run has not finished; "
+            "re-run its `utilgen run` command to resume it"
         )
     try:
         return RunSummary(run_dir, json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,209 @@
+"""Bad input through the CLI: exit 2, one line naming the problem and the fix, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utilgen.cli import main
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    code = exc.value.code
+    return int(code) if code is not None else 0, capsys.readouterr().err
+
+
+def _image_folder(root: Path, classes: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("utilgen: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_missing_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "digits-real-only",
+            "--set",
+            "data.source=imagefolder",
+            "--set",
+            f"data.path={tmp_path / 'absent'}",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "absent")
+    assert not run.exists()
+
+
+def test_empty_class_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _image_folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
+    (data / "empty_class").mkdir()
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "digits-real-only",
+            "--set",
+            "data.source=imagefolder",
+            "--set",
+            f"data.path={data}",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "empty_class")
+    assert not run.exists()
+
+
+def test_corrupt_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _image_folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
+    good = (data / "dog" / "3.png").read_bytes()
+    (data / "dog" / "3.png").write_bytes(good[: len(good) // 2])
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "digits-real-only",
+            "--set",
+            "data.source=imagefolder",
+            "--set",
+            f"data.path={data}",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "3.png")
+    assert not run.exists()
+
+
+def test_non_utf8_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "texts.csv"
+    rows = "text,label\n" + "".join(f"good text {i},a\nother text {i},b\n" for i in range(6))
+    csv.write_bytes(rows.encode() + "caf\xe9 latin-1,a\n".encode("latin-1"))
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "bbc-news-real-only",
+            "--set",
+            "data.source=csv",
+            "--set",
+            f"data.path={csv}",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "texts.csv", "UTF-8")
+    assert not run.exists()
+
+
+def test_missing_label_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text("".join(f'{{"text": "t{i}", "category": "a"}}\n' for i in range(6)))
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "bbc-news-real-only",
+            "--set",
+            "data.source=jsonl",
+            "--set",
+            f"data.path={jsonl}",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "label", "category")
+    assert not run.exists()
+
+
+def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, err = _cli(
+        ["run", "digits-real-only", "--set", "task.epocs=3", "--out", str(run)], capsys
+    )
+    _assert_one_line_error(code, err, "task.epocs", "task.epochs")
+    assert not run.exists()
+
+
+def test_model_id_not_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    code, err = _cli(
+        [
+            "run",
+            "bbc-news-real-only",
+            "--set",
+            "task.model=hf-text",
+            "--set",
+            "task.model_path=no-such-org/no-such-model",
+            "--set",
+            "data.max_per_class=10",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
+    _assert_one_line_error(code, err, "no-such-org/no-such-model", "model_path")
+    assert not run.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from utilgen.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["run", "digits-real-only", "--set", "task.epocs=3", "--debug"])
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["no-such-command"], capsys)
+    _assert_one_line_error(code, err, "no-such-command")
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from utilgen import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"utilgen {__version__}"
+    for command in (
+        ["run"],
+        ["train"],
+        ["eval"],
+        ["pool", "show"],
+        ["pool", "verify"],
+        ["pool", "export"],
+        ["report"],
+        ["demo"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert exc.value.code == 0
+        assert "Usage: utilgen" in out and "Example" in out, command
