@@ -1,0 +1,140 @@
+"""Stratified train/val/test splits and k-shot subsampling, reproducible from a seed.
+
+Each class is shuffled by its own generator, seeded from the run's seed and the class's name,
+after sorting its samples by id. A class's split therefore depends only on the seed, its name
+and its samples: not on the order of the rows, nor on which other classes exist or in what
+order (adding a class to a dataset leaves the splits of the others unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from utilgen.config import DataConfig
+from utilgen.data.labelled import LabelledData
+from utilgen.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Separate random streams for the two uses, so the k-shot draw is not a function of the
+# train/val/test shuffle.
+_SPLIT_STREAM = 0
+_KSHOT_STREAM = 1
+
+MIN_PER_CLASS = 3  # one sample each for train, val and test
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three disjoint parts of a dataset; all share its classes."""
+
+    train: LabelledData
+    val: LabelledData
+    test: LabelledData
+
+
+def class_order(data: LabelledData, class_index: int, seed: int, stream: int) -> np.ndarray:
+    """Indices of one class's samples in a random order fixed by (seed, class name, stream)."""
+    members = np.flatnonzero(data.labels == class_index)
+    members = members[np.argsort([data.ids[i] for i in members], kind="stable")]
+    name_key = zlib.crc32(data.class_names[class_index].encode("utf-8"))
+    rng = np.random.default_rng([seed, name_key, stream])
+    return members[rng.permutation(len(members))]
+
+
+def _round(x: float) -> int:
+    """Round half up (Python's round() rounds half to even, which surprises in counts)."""
+    return math.floor(x + 0.5)
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(val, test) counts for a class of ``n >= 3`` samples: each at least 1, train at least 1."""
+    n_val = max(1, _round(n * val_fraction))
+    n_test = max(1, _round(n * test_fraction))
+    while n_val + n_test > n - 1:
+        if n_test >= n_val:
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_val, n_test
+
+
+def stratified_split(
+    data: LabelledData, val_fraction: float, test_fraction: float, seed: int
+) -> Splits:
+    """Split every class into train/val/test by the given fractions (rounded, half up).
+
+    Every class gets at least one sample in val and in test, so every class needs at least 3
+    samples. Each part keeps the data's original order.
+
+    Args:
+        data: the dataset.
+        val_fraction, test_fraction: shares of each class, each in (0, 1), summing below 1.
+        seed: a non-negative integer.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in (0, 1) "
+            "and sum below 1"
+        )
+    counts = data.class_counts()
+    small = [
+        f"{data.class_names[c]!r} ({counts[c]})"
+        for c in range(data.num_classes)
+        if counts[c] < MIN_PER_CLASS
+    ]
+    if small:
+        which = f"class {small[0]} has" if len(small) == 1 else f"classes {', '.join(small)} have"
+        raise DataError(
+            f"{data.name}: {which} fewer than {MIN_PER_CLASS} samples; a train/val/test split "
+            "needs at least 3 per class, add samples or remove the class"
+        )
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(data.num_classes):
+        order = class_order(data, c, seed, _SPLIT_STREAM)
+        n_val, n_test = split_sizes(len(order), val_fraction, test_fraction)
+        parts["test"].append(order[:n_test])
+        parts["val"].append(order[n_test : n_test + n_val])
+        parts["train"].append(order[n_test + n_val :])
+    subsets = {k: data.subset(np.sort(np.concatenate(v))) for k, v in parts.items()}
+    return Splits(train=subsets["train"], val=subsets["val"], test=subsets["test"])
+
+
+def k_shot(data: LabelledData, k: int, seed: int) -> LabelledData:
+    """``k`` randomly chosen samples per class (all of a class with fewer, with a warning).
+
+    For a fixed seed the draws are nested: the 5-shot set is contained in the 10-shot set.
+    The result keeps the data's original order.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    chosen = []
+    for c in range(data.num_classes):
+        order = class_order(data, c, seed, _KSHOT_STREAM)
+        if len(order) < k:
+            log.warning(
+                "%s: class %r has %d samples, fewer than k=%d; all are kept",
+                data.name,
+                data.class_names[c],
+                len(order),
+                k,
+            )
+        chosen.append(order[:k])
+    return data.subset(np.sort(np.concatenate(chosen)) if chosen else [])
+
+
+def split_for_config(data: LabelledData, cfg: DataConfig, seed: int) -> Splits:
+    """Split by ``cfg``'s fractions, then keep ``cfg.k_shot`` per class of the train part.
+
+    Validation and test keep all their samples, so a k-shot run is scored on the same test
+    set as a full-data run with the same seed.
+    """
+    splits = stratified_split(data, cfg.val_fraction, cfg.test_fraction, seed)
+    if cfg.k_shot is None:
+        return splits
+    return Splits(train=k_shot(splits.train, cfg.k_shot, seed), val=splits.val, test=splits.test)

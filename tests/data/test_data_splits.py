@@ -1,0 +1,124 @@
+"""Stratified splits and k-shot subsets: deterministic, disjoint, stratified, order-free."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from utilgen.config import DataConfig
+from utilgen.data import LabelledData, Splits, k_shot, split_for_config, stratified_split
+from utilgen.errors import DataError
+
+
+def _data(counts: dict[str, int], order_seed: int | None = None) -> LabelledData:
+    """Text data with ``counts[name]`` samples per class; optionally rows and classes shuffled."""
+    names = list(counts)
+    rows = [(f"{name}-{i}", name) for name in names for i in range(counts[name])]
+    if order_seed is not None:
+        rng = np.random.default_rng(order_seed)
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+        names = [names[i] for i in rng.permutation(len(names))]
+    return LabelledData(
+        modality="text",
+        items=tuple(text for text, _ in rows),
+        labels=np.array([names.index(name) for _, name in rows]),
+        class_names=tuple(names),
+        ids=tuple(f"toy/{name}/{text}" for text, name in rows),
+        name="toy",
+    )
+
+
+COUNTS = {"a": 100, "b": 20, "c": 3}
+
+
+def _ids(splits: Splits) -> tuple[set[str], set[str], set[str]]:
+    return set(splits.train.ids), set(splits.val.ids), set(splits.test.ids)
+
+
+def _per_class(part: LabelledData) -> dict[str, int]:
+    return {name: int(n) for name, n in zip(part.class_names, part.class_counts(), strict=True)}
+
+
+def test_split_sizes_per_class_follow_the_fractions() -> None:
+    splits = stratified_split(_data(COUNTS), 0.15, 0.2, seed=0)
+    assert _per_class(splits.test) == {"a": 20, "b": 4, "c": 1}
+    assert _per_class(splits.val) == {"a": 15, "b": 3, "c": 1}
+    assert _per_class(splits.train) == {"a": 65, "b": 13, "c": 1}
+    assert splits.train.class_names == splits.test.class_names == ("a", "b", "c")
+
+
+def test_split_sizes_round_half_up() -> None:
+    # 10 x 0.25 = 2.5: half up gives 3 (Python's round() would give 2)
+    splits = stratified_split(_data({"x": 10, "y": 10}), 0.25, 0.25, seed=0)
+    assert _per_class(splits.val) == _per_class(splits.test) == {"x": 3, "y": 3}
+
+
+def test_splits_are_disjoint_and_cover_the_data() -> None:
+    data = _data(COUNTS)
+    train, val, test = _ids(stratified_split(data, 0.15, 0.2, seed=3))
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(data.ids)
+
+
+def test_same_seed_same_split_different_seed_different_split() -> None:
+    data = _data(COUNTS)
+    assert _ids(stratified_split(data, 0.15, 0.2, seed=7)) == _ids(
+        stratified_split(data, 0.15, 0.2, seed=7)
+    )
+    assert _ids(stratified_split(data, 0.15, 0.2, seed=7)) != _ids(
+        stratified_split(data, 0.15, 0.2, seed=8)
+    )
+
+
+def test_split_ignores_row_and_class_order_and_other_classes() -> None:
+    reference = _ids(stratified_split(_data(COUNTS), 0.15, 0.2, seed=5))
+    shuffled = _ids(stratified_split(_data(COUNTS, order_seed=1), 0.15, 0.2, seed=5))
+    assert shuffled == reference
+    # adding a class leaves the other classes' splits as they were
+    more = _ids(stratified_split(_data({**COUNTS, "d": 9}), 0.15, 0.2, seed=5))
+    for ref_part, more_part in zip(reference, more, strict=True):
+        assert {i for i in more_part if not i.startswith("toy/d/")} == ref_part
+
+
+def test_split_keeps_items_aligned_with_ids_and_labels() -> None:
+    splits = stratified_split(_data(COUNTS, order_seed=2), 0.15, 0.2, seed=0)
+    for part in (splits.train, splits.val, splits.test):
+        for item, sample_id, label in zip(part.items, part.ids, part.labels, strict=True):
+            assert sample_id == f"toy/{part.class_names[label]}/{item}"
+
+
+def test_class_with_fewer_than_3_samples_is_an_error_naming_it() -> None:
+    with pytest.raises(DataError, match=r"class 'rare' \(2\) has fewer than 3 samples"):
+        stratified_split(_data({"common": 10, "rare": 2}), 0.15, 0.2, seed=0)
+
+
+def test_k_shot_takes_k_per_class_deterministically_and_nested() -> None:
+    data = _data(COUNTS)
+    five = k_shot(data, 5, seed=1)
+    assert _per_class(five) == {"a": 5, "b": 5, "c": 3}
+    assert five.ids == k_shot(data, 5, seed=1).ids
+    assert five.ids != k_shot(data, 5, seed=2).ids
+    assert set(five.ids) <= set(k_shot(data, 10, seed=1).ids)
+    assert set(five.ids) == set(k_shot(_data(COUNTS, order_seed=4), 5, seed=1).ids)
+
+
+def test_k_shot_warns_when_a_class_is_smaller_than_k(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        out = k_shot(_data(COUNTS), 4, seed=0)
+    assert _per_class(out)["c"] == 3
+    assert "'c' has 3 samples, fewer than k=4" in caplog.text
+
+
+def test_split_for_config_subsamples_train_only() -> None:
+    data = _data(COUNTS)
+    full = split_for_config(data, DataConfig(source="digits"), seed=0)
+    few = split_for_config(data, DataConfig(source="digits", k_shot=2), seed=0)
+    assert _per_class(few.train) == {"a": 2, "b": 2, "c": 1}
+    assert set(few.train.ids) <= set(full.train.ids)
+    assert few.val.ids == full.val.ids and few.test.ids == full.test.ids
+    other_fractions = split_for_config(
+        data, DataConfig(source="digits", val_fraction=0.3, test_fraction=0.3), seed=0
+    )
+    assert _per_class(other_fractions.test) == {"a": 30, "b": 6, "c": 1}
