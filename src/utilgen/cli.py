@@ -35,7 +35,8 @@ app = typer.Typer(
 pool_app = typer.Typer(help="Inspect, verify and export a run's sample pool.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 
-out_console = Console()
+# Piped output has no terminal width; a results table must not be squeezed to 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[
