@@ -30,7 +30,8 @@ def _image_folder(root: Path, classes: dict[str, int]) -> Path:
 
 def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    # Log lines (warnings) may precede it; the error itself is exactly one line.
+    lines = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(lines) == 1, err
     assert lines[0].startswith("utilgen: error: ")
     assert "Traceback" not in err
