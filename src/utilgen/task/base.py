@@ -6,29 +6,48 @@ only these methods, so any classifier that implements them plugs into every meth
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from utilgen.data.labelled import Item, Modality
 
+Batch = torch.Tensor | dict[str, torch.Tensor]
+"""A prepared input batch: a tensor (pixels, cached sentence embeddings) or a dict of tensors
+(token ids and attention mask). ``module()(batch)`` maps it to logits."""
+
 
 @runtime_checkable
 class TaskModel(Protocol):
-    """A classifier over images or texts, trainable with per-sample weights."""
+    """A classifier over images or texts, trainable with per-sample weights.
 
+    Attributes:
+        kind: the ``task.model`` name it was built from (``small-cnn``, ``minilm``, ...);
+            written into every checkpoint so a checkpoint is never loaded into another kind.
+        modality: ``"image"`` or ``"text"``.
+        num_classes: number of output classes.
+        device: where the module lives and where :meth:`prepare` puts its tensors.
+    """
+
+    kind: str
     modality: Modality
     num_classes: int
+    device: torch.device
 
     def module(self) -> torch.nn.Module:
-        """The trainable torch module (maps a prepared batch to logits)."""
+        """The trainable torch module: ``module(batch)`` maps a prepared batch to logits.
+
+        Parameters with ``requires_grad=False`` (a frozen backbone) are not trained, and the
+        module keeps frozen parts in eval mode even under ``module.train()``.
+        """
         ...
 
-    def prepare(self, items: Sequence[Item]) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Turn raw items into the module's input batch (resized, normalised or tokenised)."""
+    def prepare(self, items: Sequence[Item]) -> Batch:
+        """Turn raw items into the module's input batch (resized, normalised or tokenised),
+        on :attr:`device`."""
         ...
 
     def logits(self, items: Sequence[Item]) -> np.ndarray:
@@ -40,19 +59,26 @@ class TaskModel(Protocol):
         ...
 
     def embed(self, items: Sequence[Item]) -> np.ndarray:
-        """Penultimate-layer features, float32 (n, d)."""
-        ...
+        """Features the classification head reads, float32 (n, d).
 
-    def input_gradients(self, items: Sequence[Item], labels: np.ndarray) -> np.ndarray:
-        """Gradient of each sample's true-class logit w.r.t. its input.
-
-        Images: w.r.t. the prepared pixel tensor, shape (n, C, H, W). Texts: w.r.t. the input
-        token embeddings, shape (n, T, d) (padding positions are zero).
+        For a linear head these are the penultimate-layer features; for ``minilm`` the
+        384-d normalised sentence embedding.
         """
         ...
 
-    def save(self, path: Path) -> Path:
-        """Write the trainable weights as safetensors (plus a JSON sidecar); returns path."""
+    def input_gradients(self, items: Sequence[Item], labels: np.ndarray) -> np.ndarray:
+        """Gradient of each sample's true-class logit w.r.t. its input, float32, eval mode.
+
+        Images: w.r.t. the prepared (normalised) pixel tensor, shape (n, C, H, W). Texts:
+        w.r.t. the input token embeddings, shape (n, T, d), T the longest tokenised item of
+        the call (padding positions are zero).
+        """
+        ...
+
+    def save(self, path: Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the trainable weights (a frozen backbone is left out) as safetensors, plus a
+        JSON sidecar (``path`` with suffix ``.json``) holding the model kind and ``metadata``;
+        returns ``path``."""
         ...
 
     def load(self, path: Path) -> None:
