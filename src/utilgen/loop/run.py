@@ -35,6 +35,7 @@ from utilgen.task import (
     list_checkpoints,
     load_checkpoint,
     train,
+    train_val_gap,
 )
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
         "val_accuracy_per_epoch": list(result.val_accuracy),
         "train_accuracy": train_metrics["accuracy"],
         "val_accuracy": val_metrics["accuracy"],
-        "train_val_gap": train_metrics["accuracy"] - val_metrics["accuracy"],
+        "train_val_gap": train_val_gap(train_metrics["accuracy"], val_metrics["accuracy"]),
         "test": test_metrics,
         "train_seconds": round(time.perf_counter() - started, 3),
     }

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from utilgen.data.labelled import Item
 from utilgen.errors import ModelNotFoundError
+from utilgen.progress import progress_bar
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import ClassifierModule, tensor_batch
 from utilgen.task.heads import HeadKind, make_head
@@ -134,11 +135,12 @@ class SentenceEncoder:
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
         # Sorting by length keeps padding, hence wasted compute, small.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar("encoding texts (MiniLM)", len(texts)) as advance:
             for part in chunks(len(order), ENCODE_BATCH_SIZE):
                 idx = order[part]
                 tokens = self.tokenize([texts[i] for i in idx])
                 out[idx] = self.sentence_embeddings(tokens).float().cpu()
+                advance(len(idx))
         return out
 
     @property
