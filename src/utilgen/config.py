@@ -146,12 +146,12 @@ class RunConfig(Section):
     name: str = Field("run", description="Free-form name shown in reports.")
     strategy: str = Field("real-only", description="Strategy preset this config implements.")
     seed: int = Field(0, ge=0, description="Fixes splits, generation and training on CPU.")
-    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
-    task: TaskConfig = Field(default_factory=TaskConfig)  # type: ignore[arg-type]
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)  # type: ignore[arg-type]
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     valuation: ValuationConfig = Field(default_factory=ValuationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
-    loop: LoopConfig = Field(default_factory=LoopConfig)  # type: ignore[arg-type]
+    loop: LoopConfig = Field(default_factory=LoopConfig)
 
 
 # ---------------------------------------------------------------------------------------

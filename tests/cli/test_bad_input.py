@@ -39,139 +39,67 @@ def _assert_one_line_error(code: int, err: str, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
-def test_missing_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _run_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preset: str, sets: list[str], *needles: str
+) -> None:
+    """`utilgen run` with ``sets`` exits 2 with one line naming ``needles``, writing nothing."""
     run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "digits-real-only",
-            "--set",
-            "data.source=imagefolder",
-            "--set",
-            f"data.path={tmp_path / 'absent'}",
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    _assert_one_line_error(code, err, "absent")
+    args = ["run", preset, "--out", str(run)]
+    for item in sets:
+        args += ["--set", item]
+    _assert_one_line_error(*_cli(args, capsys), *needles)
     assert not run.exists()
+
+
+def test_missing_data_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    absent = tmp_path / "absent"
+    sets = ["data.source=imagefolder", f"data.path={absent}"]
+    _run_fails(tmp_path, capsys, "digits-real-only", sets, "absent")
 
 
 def test_empty_class_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _image_folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
     (data / "empty_class").mkdir()
-    run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "digits-real-only",
-            "--set",
-            "data.source=imagefolder",
-            "--set",
-            f"data.path={data}",
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    _assert_one_line_error(code, err, "empty_class")
-    assert not run.exists()
+    sets = ["data.source=imagefolder", f"data.path={data}"]
+    _run_fails(tmp_path, capsys, "digits-real-only", sets, "empty_class")
 
 
 def test_corrupt_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _image_folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
     good = (data / "dog" / "3.png").read_bytes()
     (data / "dog" / "3.png").write_bytes(good[: len(good) // 2])
-    run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "digits-real-only",
-            "--set",
-            "data.source=imagefolder",
-            "--set",
-            f"data.path={data}",
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    _assert_one_line_error(code, err, "3.png")
-    assert not run.exists()
+    sets = ["data.source=imagefolder", f"data.path={data}"]
+    _run_fails(tmp_path, capsys, "digits-real-only", sets, "3.png")
 
 
 def test_non_utf8_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv = tmp_path / "texts.csv"
     rows = "text,label\n" + "".join(f"good text {i},a\nother text {i},b\n" for i in range(6))
     csv.write_bytes(rows.encode() + "caf\xe9 latin-1,a\n".encode("latin-1"))
-    run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "bbc-news-real-only",
-            "--set",
-            "data.source=csv",
-            "--set",
-            f"data.path={csv}",
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    _assert_one_line_error(code, err, "texts.csv", "UTF-8")
-    assert not run.exists()
+    sets = ["data.source=csv", f"data.path={csv}"]
+    _run_fails(tmp_path, capsys, "bbc-news-real-only", sets, "texts.csv", "UTF-8")
 
 
 def test_missing_label_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text("".join(f'{{"text": "t{i}", "category": "a"}}\n' for i in range(6)))
-    run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "bbc-news-real-only",
-            "--set",
-            "data.source=jsonl",
-            "--set",
-            f"data.path={jsonl}",
-            "--out",
-            str(run),
-        ],
-        capsys,
-    )
-    _assert_one_line_error(code, err, "label", "category")
-    assert not run.exists()
+    sets = ["data.source=jsonl", f"data.path={jsonl}"]
+    _run_fails(tmp_path, capsys, "bbc-news-real-only", sets, "label", "category")
 
 
 def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = tmp_path / "run"
-    code, err = _cli(
-        ["run", "digits-real-only", "--set", "task.epocs=3", "--out", str(run)], capsys
-    )
-    _assert_one_line_error(code, err, "task.epocs", "task.epochs")
-    assert not run.exists()
+    _run_fails(tmp_path, capsys, "digits-real-only", ["task.epocs=3"], "task.epocs", "task.epochs")
 
 
 def test_model_id_not_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = tmp_path / "run"
-    code, err = _cli(
-        [
-            "run",
-            "bbc-news-real-only",
-            "--set",
-            "task.model=hf-text",
-            "--set",
-            "task.model_path=no-such-org/no-such-model",
-            "--set",
-            "data.max_per_class=10",
-            "--out",
-            str(run),
-        ],
-        capsys,
+    sets = [
+        "task.model=hf-text",
+        "task.model_path=no-such-org/no-such-model",
+        "data.max_per_class=10",
+    ]
+    _run_fails(
+        tmp_path, capsys, "bbc-news-real-only", sets, "no-such-org/no-such-model", "model_path"
     )
-    _assert_one_line_error(code, err, "no-such-org/no-such-model", "model_path")
-    assert not run.exists()
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
