@@ -42,7 +42,8 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         TimeRemainingColumn(),
         console=_console,
         transient=True,
-        disable=_state["quiet"],
+        # A bar redrawn into a log file is noise: bars only on an interactive terminal.
+        disable=_state["quiet"] or not _console.is_terminal,
     )
     with progress:
         task = progress.add_task(description, total=total)

@@ -32,8 +32,6 @@ from utilgen.task import (
     TaskModel,
     build_task_model,
     evaluate,
-    list_checkpoints,
-    load_checkpoint,
     train,
     train_val_gap,
 )
@@ -193,9 +191,6 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
         metrics_path = out / "metrics.json"
         if metrics_path.exists():
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-            checkpoints = list_checkpoints(out / "checkpoints")
-            if checkpoints:
-                load_checkpoint(prepared.model, checkpoints[-1])
         else:
             metrics = _train_and_evaluate(prepared, out)
             write_json_atomic(metrics_path, metrics)
