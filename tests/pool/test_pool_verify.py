@@ -50,6 +50,19 @@ def test_a_truncated_and_a_missing_blob_are_found(filled: Path) -> None:
     assert not report.ok and report.n_blobs == 11
 
 
+def test_a_blob_outside_its_shard_is_missing(filled: Path) -> None:
+    # read_blob only looks in RUN/pool/blobs/<first two hex chars>/, so a moved file is lost.
+    moved = batch(0)[2]
+    path = blob_path(filled, moved.blob)
+    other = "00" if moved.blob[:2] != "00" else "01"
+    (path.parent.parent / other).mkdir(exist_ok=True)
+    path.rename(path.parent.parent / other / moved.blob)
+    report = verify_pool(filled)
+    assert report.missing == (moved.id,) and not report.ok and report.n_blobs == 11
+    with PoolStore.open(filled) as store, pytest.raises(PoolError, match="is missing"):
+        store.read_payload(moved.blob)
+
+
 def test_a_truncated_manifest_is_reported_not_raised(filled: Path) -> None:
     path = manifest_path(filled)
     path.write_bytes(path.read_bytes()[:100])

@@ -71,12 +71,13 @@ def read_blob(run_dir: Path, blob: str) -> bytes:
 
 
 def iter_blob_files(run_dir: Path) -> Iterator[Path]:
-    """Every file under ``RUN/pool/blobs`` named like a blob, in sorted order."""
+    """Every file under ``RUN/pool/blobs`` named like a blob and lying in its own shard
+    (where ``read_blob`` looks for it), in sorted order."""
     root = blobs_dir(run_dir)
     if not root.is_dir():
         return
     for shard in sorted(root.iterdir()):
         if shard.is_dir():
             for path in sorted(shard.iterdir()):
-                if path.is_file() and is_blob_name(path.name):
+                if path.is_file() and is_blob_name(path.name) and path.name[:2] == shard.name:
                     yield path
