@@ -4,7 +4,9 @@
 :data:`MANIFEST_SCHEMA`, in that order, followed by the per-round utility columns that
 valuation adds (float64, named ``utility_r<round, 3 digits>_<method>``). Text columns hold
 ``""`` rather than null for "none"; only ``seed``, ``guidance``, ``steps`` and ``strength``
-are nullable, because 0 is a meaningful value for each of them.
+are nullable, because 0 is a meaningful value for each of them. Of the fixed columns only
+``kept`` and ``reason`` change after a sample is stored (``PoolStore.set_kept``); the rest
+are provenance.
 """
 
 from __future__ import annotations
@@ -47,10 +49,6 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
-
-# Selection may change these after a sample is stored; every other fixed column is
-# provenance and never changes once written.
-MUTABLE_COLUMNS: tuple[str, ...] = ("kept", "reason")
 
 # Re-appending an id is a no-op only if these agree (resume re-creates the same samples).
 IDENTITY_COLUMNS: tuple[str, ...] = ("modality", "label", "source", "split", "blob")
