@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utilgen.task.base import Batch
 from utilgen.task.classifier_module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -80,3 +81,8 @@ class HFClassifier(ClassifierModule):
         if self._head_input is None:
             raise RuntimeError(f"the classification layer {self.head_name!r} was not called")
         return self._head_input.flatten(1)
+
+    def features(self, batch: Batch) -> torch.Tensor:
+        """The classification layer's input for ``batch`` (n, d), caught during a forward."""
+        self.forward(batch)
+        return self.head_input()

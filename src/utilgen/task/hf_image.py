@@ -49,10 +49,6 @@ class HFImageClassifier(HFClassifier):
         logits: torch.Tensor = self.model(pixel_values=tensor_batch(batch)).logits
         return logits
 
-    def features(self, batch: Batch) -> torch.Tensor:
-        self.forward(batch)
-        return self.head_input()
-
 
 class HFImageModel(TorchTaskModel):
     """``hf-image`` as a :class:`~utilgen.task.base.TaskModel`.

@@ -45,10 +45,6 @@ class HFTextClassifier(HFClassifier):
         logits: torch.Tensor = self.model(**dict_batch(batch)).logits
         return logits
 
-    def features(self, batch: Batch) -> torch.Tensor:
-        self.forward(batch)
-        return self.head_input()
-
 
 class HFTextModel(TorchTaskModel):
     """``hf-text`` as a :class:`~utilgen.task.base.TaskModel`.
