@@ -84,7 +84,10 @@ class HFTextModel(TorchTaskModel):
             ignore_mismatched_sizes=True,
             **label_maps(num_classes),
         )
-        if getattr(model.config, "pad_token_id", None) is None and self.tokenizer.pad_token_id:
+        if (
+            getattr(model.config, "pad_token_id", None) is None
+            and self.tokenizer.pad_token_id is not None
+        ):
             # GPT-style checkpoints have no pad token; the classifier needs one to find the
             # last real token of each padded row.
             model.config.pad_token_id = self.tokenizer.pad_token_id
