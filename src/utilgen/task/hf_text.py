@@ -84,12 +84,14 @@ class HFTextModel(TorchTaskModel):
             ignore_mismatched_sizes=True,
             **label_maps(num_classes),
         )
+        # GPT-style checkpoints have no pad token: pad with end-of-text (the usual choice),
+        # and tell the classifier, which needs it to find the last real token of each row.
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         if (
             getattr(model.config, "pad_token_id", None) is None
             and self.tokenizer.pad_token_id is not None
         ):
-            # GPT-style checkpoints have no pad token; the classifier needs one to find the
-            # last real token of each padded row.
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = max_length
         super().__init__(
