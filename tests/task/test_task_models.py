@@ -169,3 +169,31 @@ def test_mlp_head_is_used(build: Build, texts: LabelledData) -> None:
     model = build("minilm", texts, head="mlp")
     assert isinstance(model.module().head, torch.nn.Sequential)
     assert model.predict_proba(texts.items[:2]).shape == (2, 3)
+
+
+def test_gpt_style_checkpoint_without_pad_token_pads_with_end_of_text(
+    tmp_path: Path, texts: LabelledData
+) -> None:
+    """A GPT-2 checkpoint has no pad token: padded rows must score as they do alone."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2Tokenizer
+
+    from utilgen.task.hf_text import HFTextModel
+
+    vocab = {c: i for i, c in enumerate(["<|endoftext|>", *"abcdefghijklmnopqrstuvwxyz.'Ġ"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(
+        tmp_path
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(vocab), n_embd=16, n_layer=1, n_head=2, n_positions=128)
+    config.num_labels = 2
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+
+    model = HFTextModel(2, str(tmp_path), max_length=64)
+    items = [t.lower() for t in texts.items[:3]]
+    together = model.predict_proba(items)
+    alone = np.concatenate([model.predict_proba([t]) for t in items])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
