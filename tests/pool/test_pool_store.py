@@ -32,7 +32,7 @@ def test_manifest_has_the_design_columns_and_fixed_types(store: PoolStore, run_d
         "seed", "guidance", "steps", "strength", "parent_id", "perturbation", "blob", "kept",
         "reason",
     ]  # fmt: skip
-    assert set(design) | {"class_name", "split"} == set(COLUMNS)
+    assert set(design) | {"class_name", "split", "details"} == set(COLUMNS)
     on_disk = pq.read_schema(manifest_path(run_dir))
     assert on_disk.names == list(COLUMNS)
     for field in MANIFEST_SCHEMA:

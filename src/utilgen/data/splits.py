@@ -36,6 +36,9 @@ class Splits:
     train: LabelledData
     val: LabelledData
     test: LabelledData
+    unused_train: LabelledData | None = None
+    """Training-split samples left out by ``k_shot`` (never val or test): the "broad" data a
+    generator may be pretrained on, as Stable Diffusion was on LAION. ``None`` without k-shot."""
 
 
 def class_order(data: LabelledData, class_index: int, seed: int, stream: int) -> np.ndarray:
@@ -137,4 +140,9 @@ def split_for_config(data: LabelledData, cfg: DataConfig, seed: int) -> Splits:
     splits = stratified_split(data, cfg.val_fraction, cfg.test_fraction, seed)
     if cfg.k_shot is None:
         return splits
-    return Splits(train=k_shot(splits.train, cfg.k_shot, seed), val=splits.val, test=splits.test)
+    kept = k_shot(splits.train, cfg.k_shot, seed)
+    kept_ids = set(kept.ids)
+    unused = splits.train.subset(
+        [i for i, sample_id in enumerate(splits.train.ids) if sample_id not in kept_ids]
+    )
+    return Splits(train=kept, val=splits.val, test=splits.test, unused_train=unused)

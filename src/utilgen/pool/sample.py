@@ -36,6 +36,7 @@ _TEXT_FIELDS = (
     "parent_id",
     "perturbation",
     "reason",
+    "details",
 )
 
 
@@ -83,6 +84,9 @@ class Sample:
         perturbation: how the prompt was perturbed (e.g. the LLM instruction); ``""`` if none.
         kept: whether selection keeps the sample for training.
         reason: why it was kept or dropped (e.g. ``"vog below 10th percentile"``).
+        details: the rest of the provenance as a JSON object (scheduler, adapter hash, the
+            few-shot example ids of a text prompt, hashes of prompt embeddings or initial
+            noise, sampling settings); ``""`` if none.
     """
 
     id: str
@@ -104,6 +108,7 @@ class Sample:
     perturbation: str = ""
     kept: bool = True
     reason: str = ""
+    details: str = ""
 
     def __post_init__(self) -> None:
         # A malformed sample is a bug in the code that built it, hence ValueError, raised

@@ -46,6 +46,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("blob", pa.string(), nullable=False),
         pa.field("kept", pa.bool_(), nullable=False),
         pa.field("reason", pa.string(), nullable=False),
+        pa.field("details", pa.string(), nullable=False),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(MANIFEST_SCHEMA.names)
@@ -88,6 +89,11 @@ def conform(table: pa.Table, source: Path | str) -> pa.Table:
 
     Raises PoolError naming ``source`` when a fixed column is missing or has the wrong type.
     """
+    if "details" not in table.column_names:
+        # Manifests of utilgen 0.1.0 predate the column; "" is what they would have held.
+        table = table.append_column(
+            pa.field("details", pa.string(), nullable=False), pa.array([""] * table.num_rows)
+        )
     missing = [name for name in COLUMNS if name not in table.column_names]
     if missing:
         raise PoolError(
@@ -180,4 +186,5 @@ def row_to_sample(row: Mapping[str, Any], payload: bytes) -> Sample:
         perturbation=str(row["perturbation"]),
         kept=bool(row["kept"]),
         reason=str(row["reason"]),
+        details=str(row["details"]),
     )

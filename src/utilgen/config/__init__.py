@@ -1,0 +1,76 @@
+"""The run configuration: one pydantic model tree, loaded from YAML, overridable from the CLI.
+
+``RunConfig`` has one section per stage of the loop (``data``, ``task``, ``generator``,
+``valuation``, ``feedback``, ``loop``), each in its own module here. Every field has a
+default and a help text; unknown keys are rejected. :func:`load_config` turns every
+validation failure into a one-line :class:`~utilgen.errors.ConfigError` naming the key, what
+is allowed and, on a typo, the closest valid key.
+"""
+
+from utilgen.config.data import DataConfig, DataSource
+from utilgen.config.diffusion import (
+    DEFAULT_NEGATIVE_PROMPT,
+    BuiltinDiffusionConfig,
+    DiffusersConfig,
+)
+from utilgen.config.generator import (
+    IMAGE_GENERATORS,
+    TEXT_GENERATORS,
+    GeneratorConfig,
+    GeneratorKind,
+)
+from utilgen.config.load import (
+    apply_overrides,
+    config_from_dict,
+    config_to_yaml,
+    load_config,
+    parse_override,
+    preset_names,
+    preset_path,
+    resolve_config,
+    save_config,
+)
+from utilgen.config.loop import FeedbackConfig, LoopConfig
+from utilgen.config.run import RunConfig
+from utilgen.config.section import Section
+from utilgen.config.task import TaskConfig, TaskModelName
+from utilgen.config.text_generation import (
+    CaptionPerturbationConfig,
+    CausalLMConfig,
+    FewShotPromptConfig,
+    TextFilterConfig,
+)
+from utilgen.config.valuation import ScoreName, ValuationConfig
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "IMAGE_GENERATORS",
+    "TEXT_GENERATORS",
+    "BuiltinDiffusionConfig",
+    "CaptionPerturbationConfig",
+    "CausalLMConfig",
+    "DataConfig",
+    "DataSource",
+    "DiffusersConfig",
+    "FeedbackConfig",
+    "FewShotPromptConfig",
+    "GeneratorConfig",
+    "GeneratorKind",
+    "LoopConfig",
+    "RunConfig",
+    "ScoreName",
+    "Section",
+    "TaskConfig",
+    "TaskModelName",
+    "TextFilterConfig",
+    "ValuationConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_yaml",
+    "load_config",
+    "parse_override",
+    "preset_names",
+    "preset_path",
+    "resolve_config",
+    "save_config",
+]

@@ -1,0 +1,47 @@
+"""``generator``: which generator makes synthetic samples, and how many."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from utilgen.config.diffusion import BuiltinDiffusionConfig, DiffusersConfig
+from utilgen.config.section import Section
+from utilgen.config.text_generation import (
+    CaptionPerturbationConfig,
+    CausalLMConfig,
+    FewShotPromptConfig,
+    TextFilterConfig,
+)
+
+GeneratorKind = Literal["none", "builtin-diffusion", "diffusers", "causal-lm"]
+IMAGE_GENERATORS: tuple[str, ...] = ("builtin-diffusion", "diffusers")
+TEXT_GENERATORS: tuple[str, ...] = ("causal-lm",)
+
+
+class GeneratorConfig(Section):
+    """The generator and its settings; only the sub-section of ``kind`` is used."""
+
+    kind: GeneratorKind = Field(
+        "none",
+        description="none (real data only), builtin-diffusion (offline class-conditional "
+        "UNet2DModel), diffusers (any diffusers text-to-image pipeline), causal-lm "
+        "(transformers causal LM or GGUF file).",
+    )
+    per_class: int = Field(0, ge=0, description="Synthetic samples generated per class per round.")
+    batch_size: int = Field(16, ge=1, description="Samples generated per forward batch.")
+    diffusers: DiffusersConfig = Field(default_factory=DiffusersConfig)
+    builtin: BuiltinDiffusionConfig = Field(default_factory=BuiltinDiffusionConfig)
+    lm: CausalLMConfig = Field(default_factory=CausalLMConfig)
+    text_prompt: FewShotPromptConfig = Field(default_factory=FewShotPromptConfig)
+    text_filters: TextFilterConfig = Field(default_factory=TextFilterConfig)
+    perturbation: CaptionPerturbationConfig = Field(default_factory=CaptionPerturbationConfig)
+
+    @model_validator(mode="after")
+    def _per_class_needed(self) -> GeneratorConfig:
+        if self.kind != "none" and self.per_class < 1:
+            raise ValueError(
+                f"generator.kind={self.kind} needs generator.per_class >= 1 (samples per class)"
+            )
+        return self

@@ -1,0 +1,36 @@
+"""``RunConfig``: a whole run, one section per stage of the loop."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from utilgen.config.data import DataConfig
+from utilgen.config.generator import GeneratorConfig
+from utilgen.config.loop import FeedbackConfig, LoopConfig
+from utilgen.config.section import Section
+from utilgen.config.task import TaskConfig
+from utilgen.config.valuation import ValuationConfig
+
+
+class RunConfig(Section):
+    """A whole run: one section per stage of the loop."""
+
+    name: str = Field("run", description="Free-form name shown in reports.")
+    strategy: str = Field("real-only", description="Strategy preset this config implements.")
+    seed: int = Field(0, ge=0, description="Fixes splits, generation and training on CPU.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    valuation: ValuationConfig = Field(default_factory=ValuationConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    @model_validator(mode="after")
+    def _rounds_match_generator(self) -> RunConfig:
+        if self.loop.rounds and self.generator.kind == "none":
+            raise ValueError("loop.rounds > 0 needs a generator; set generator.kind")
+        if self.generator.kind != "none" and not self.loop.rounds:
+            raise ValueError(
+                f"generator.kind={self.generator.kind} needs loop.rounds=1 to generate"
+            )
+        return self
