@@ -7,12 +7,9 @@ validation failure into a one-line :class:`~utilgen.errors.ConfigError` naming t
 is allowed and, on a typo, the closest valid key.
 """
 
+from utilgen.config.builtin_diffusion import BuiltinDiffusionConfig
 from utilgen.config.data import DataConfig, DataSource
-from utilgen.config.diffusion import (
-    DEFAULT_NEGATIVE_PROMPT,
-    BuiltinDiffusionConfig,
-    DiffusersConfig,
-)
+from utilgen.config.diffusion import DEFAULT_NEGATIVE_PROMPT, DiffusersConfig
 from utilgen.config.generator import (
     IMAGE_GENERATORS,
     TEXT_GENERATORS,

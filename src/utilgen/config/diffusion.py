@@ -1,4 +1,4 @@
-"""``generator.diffusers`` and ``generator.builtin``: the image generators' settings.
+"""``generator.diffusers``: a diffusers text-to-image pipeline's settings.
 
 Defaults follow GenDataAgent / Real-Fake (shared/papers/002, 004): class prompts
 ``"a photo of a {class}, which is {caption}"``, the negative prompt below, guidance 7.5
@@ -6,8 +6,6 @@ Defaults follow GenDataAgent / Real-Fake (shared/papers/002, 004): class prompts
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from pydantic import Field
 
@@ -28,14 +26,4 @@ class DiffusersConfig(Section):
     prompt_template: str = Field(
         "a photo of a {class}, which is {caption}",
         description="Class prompt; {class} is the class name, {caption} a caption.",
-    )
-
-
-class BuiltinDiffusionConfig(Section):
-    """The built-in class-conditional UNet2DModel (DDPM training, DDIM sampling)."""
-
-    guidance_scale: float = Field(2.0, ge=0.0, description="Classifier-free guidance scale.")
-    steps: int = Field(25, ge=1, description="DDIM sampling steps.")
-    cache_dir: Path | None = Field(
-        None, description="Where trained generators are cached (None: ~/.cache/utilgen)."
     )

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from utilgen.config.diffusion import BuiltinDiffusionConfig, DiffusersConfig
+from utilgen.config.builtin_diffusion import BuiltinDiffusionConfig
+from utilgen.config.diffusion import DiffusersConfig
 from utilgen.config.section import Section
 from utilgen.config.text_generation import (
     CaptionPerturbationConfig,
