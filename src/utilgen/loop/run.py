@@ -1,9 +1,11 @@
 """The run engine: ``utilgen run CONFIG``.
 
-A run reads and writes one run directory (shared/DESIGN.md). Today it performs stage 1 of
-every method: put the real data in the pool, train the task model on the real training
-split with a checkpoint per epoch, evaluate, and write the metrics. Generation rounds plug in
-after stage 1 as their issues land.
+A run reads and writes one run directory (shared/DESIGN.md). Stage 1 (round 000) is the
+same for every method: put the real data in the pool, train the task model on the real
+training split with a checkpoint per epoch, evaluate. With a generator configured, round 001
+is the ``static`` strategy (Real-Fake / U-DPO's baseline): generate ``per_class`` samples per
+class, filter texts, measure label fidelity with the stage-1 classifier, retrain on real +
+kept synthetic, evaluate. Feedback rounds plug in after it as their issues land.
 
 Every step checks whether its output already exists, so re-running the same command after
 a crash continues where the last finished step left off.
@@ -22,10 +24,13 @@ import yaml
 
 from utilgen import __version__
 from utilgen.atomic import write_json_atomic
-from utilgen.config import RunConfig, config_to_yaml, save_config
+from utilgen.config import IMAGE_GENERATORS, RunConfig, config_to_yaml, save_config
 from utilgen.data import LabelledData, Splits, load_data, split_for_config
 from utilgen.determinism import resolve_device, seed_everything
-from utilgen.errors import UtilgenError
+from utilgen.errors import ConfigError, UtilgenError
+from utilgen.generate import GenerationRequest, Generator
+from utilgen.generate.factory import build_generator, static_requests
+from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
 from utilgen.pool import PoolStore, samples_from_labelled
 from utilgen.report import write_run_report
 from utilgen.task import (
@@ -48,6 +53,8 @@ class Prepared:
     config: RunConfig
     splits: Splits
     model: TaskModel
+    generator: Generator | None = None
+    requests: tuple[GenerationRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,20 +70,51 @@ def round_dir(run_dir: Path, round_index: int) -> Path:
     return run_dir / "rounds" / f"{round_index:03d}"
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load and split the data and build the task model; raise before anything is written."""
-    seed_everything(config.seed)
-    data: LabelledData = load_data(config.data)
-    splits = split_for_config(data, config.data, config.seed)
-    model = build_task_model(
+def build_model(config: RunConfig, splits: Splits) -> TaskModel:
+    """A freshly initialised task model (the same weights for the same seed)."""
+    return build_task_model(
         config.task,
-        modality=data.modality,
-        num_classes=data.num_classes,
+        modality=splits.train.modality,
+        num_classes=splits.train.num_classes,
         example_items=splits.train.items[:1],
         device=resolve_device(config.loop.device),
         seed=config.seed,
     )
-    return Prepared(config=config, splits=splits, model=model)
+
+
+def _check_generator_modality(config: RunConfig, splits: Splits) -> None:
+    kind = config.generator.kind
+    if kind == "none":
+        return
+    wants = "image" if kind in IMAGE_GENERATORS else "text"
+    if splits.train.modality != wants:
+        raise ConfigError(
+            f"generator.kind={kind} makes {wants}s but data.source={config.data.source} holds "
+            f"{splits.train.modality}s; pick a {splits.train.modality} generator"
+        )
+
+
+def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
+    """Load and split the data, build the task model and (``with_generator``) the generator
+    and its requests; raise before anything is written to the run directory."""
+    seed_everything(config.seed)
+    data: LabelledData = load_data(config.data)
+    splits = split_for_config(data, config.data, config.seed)
+    model = build_model(config, splits)
+    if not with_generator or config.generator.kind == "none":
+        return Prepared(config=config, splits=splits, model=model)
+    _check_generator_modality(config, splits)
+    # Requests first: a bad prompt map or too few shots fails before any model loads.
+    requests = tuple(
+        static_requests(config.generator, splits=splits, seed=config.seed, round_index=1)
+    )
+    generator = build_generator(
+        config.generator,
+        splits=splits,
+        device=resolve_device(config.loop.device),
+        seed=config.seed,
+    )
+    return Prepared(config, splits, model, generator, requests)
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
@@ -143,13 +181,19 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
 
 
 def _summary(config: RunConfig, metrics: dict[str, Any], data_name: str) -> dict[str, Any]:
+    """``summary.json``: the last round's test metrics, plus label fidelity when generated."""
     test = metrics["test"]
+    fidelity = metrics.get("label_fidelity") or {}
     return {
         "name": config.name,
         "strategy": config.strategy,
         "dataset": data_name,
         "seed": config.seed,
-        "rounds": STAGE1_ROUND + 1,
+        "rounds": metrics["round"] + 1,
+        "generator": metrics.get("generator", ""),
+        "label_fidelity": fidelity.get("overall"),
+        "label_fidelity_per_class": fidelity.get("per_class", {}),
+        "n_generated": metrics.get("n_generated", 0),
         "accuracy": test["accuracy"],
         "worst_class_ratio": test["worst_class_ratio"],
         "worst_class_accuracy": test["worst_class_accuracy"],
@@ -164,6 +208,33 @@ def _summary(config: RunConfig, metrics: dict[str, Any], data_name: str) -> dict
     }
 
 
+def _generation_round(
+    prepared: Prepared, store: PoolStore, run_dir: Path, round_index: int
+) -> dict[str, Any]:
+    out = round_dir(run_dir, round_index)
+    metrics_path = out / "metrics.json"
+    if metrics_path.exists():
+        metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
+        return metrics
+    if prepared.generator is None:
+        raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
+    cfg = prepared.config
+    judge = stage1_judge(
+        build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
+    )
+    inputs = RoundInputs(cfg, prepared.splits, prepared.generator, prepared.requests)
+    metrics = run_generation_round(
+        inputs,
+        store,
+        round_index=round_index,
+        judge=judge,
+        student=build_model(cfg, prepared.splits),
+        out=out,
+    )
+    write_json_atomic(metrics_path, metrics)
+    return metrics
+
+
 def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None) -> RunResult:
     """Run (or resume) ``config`` in ``run_dir``; returns the final summary.
 
@@ -172,7 +243,8 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
     2. lock the run directory and write the resolved config
     3. stage 1: real samples into the pool
     4. stage 1: train on real data with a checkpoint per epoch, evaluate
-    5. summary.json and report.md
+    5. rounds 1..loop.rounds: generate, filter, judge label fidelity, retrain, evaluate
+    6. summary.json and report.md
     """
     run_dir = Path(run_dir)
     # 1. check inputs
@@ -195,7 +267,11 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
             metrics = _train_and_evaluate(prepared, out)
             write_json_atomic(metrics_path, metrics)
 
-        # 5. summary and report, written last
+        # 5. generation rounds
+        for round_index in range(1, config.loop.rounds + 1):
+            metrics = _generation_round(prepared, store, run_dir, round_index)
+
+        # 6. summary and report, written last
         summary = _summary(config, metrics, prepared.splits.train.name)
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir)

@@ -22,7 +22,7 @@ SPLITS = ("train", "val", "test")
 def train_task(config: RunConfig, out: str | Path) -> dict[str, Any]:
     """Train the task model on real training data into ``out``; returns validation metrics."""
     out = Path(out)
-    prepared = prepare(config)
+    prepared = prepare(config, with_generator=False)
     save_config(config, out / "config.yaml")
     result = train(
         prepared.model,
@@ -53,7 +53,7 @@ def eval_checkpoint(
             f"checkpoint {checkpoint} not found; "
             "pass a .safetensors file from a run's checkpoints/ folder"
         )
-    prepared = prepare(config)
+    prepared = prepare(config, with_generator=False)
     load_checkpoint(prepared.model, checkpoint)
     data = getattr(prepared.splits, split)
     return evaluate(prepared.model, data)

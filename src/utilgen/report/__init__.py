@@ -23,6 +23,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("seed", "seed"),
     ("n_train_real", "real"),
     ("n_train_synthetic", "synthetic"),
+    ("label_fidelity", "label fidelity"),
     ("accuracy", "top-1"),
     ("worst_class_ratio", "worst/best class"),
     ("macro_f1", "macro-F1"),
@@ -95,6 +96,19 @@ def _per_class_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fidelity_markdown(summary: dict[str, Any]) -> str:
+    per_class: dict[str, float | None] = summary.get("label_fidelity_per_class") or {}
+    if not per_class:
+        return ""
+    lines = [
+        "\n## Label fidelity of generated samples (stage-1 real-data classifier)\n",
+        "| class | label fidelity |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in per_class.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report.md`` from the run's summary; returns its path."""
     run = load_summary(run_dir)
@@ -105,5 +119,6 @@ def write_run_report(run_dir: str | Path) -> Path:
         + to_markdown([run])
         + "\n## Per-class test accuracy\n\n"
         + _per_class_markdown(s)
+        + _fidelity_markdown(s)
     )
     return write_text_atomic(Path(run_dir) / "report.md", text)

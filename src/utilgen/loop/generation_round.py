@@ -1,0 +1,174 @@
+"""One generation round of the ``static`` strategy: generate, filter, judge, retrain.
+
+Round ``r >= 1`` reads what stage 1 wrote (the real-data classifier's checkpoints) and
+writes ``rounds/NNN/``. Every step is idempotent: generated samples are appended to the
+pool batch by batch, and a resumed round generates only the requests whose samples the pool
+does not hold yet, so a killed run ends with the same pool as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utilgen.config import RunConfig
+from utilgen.data import LabelledData, Splits
+from utilgen.errors import UtilgenError
+from utilgen.generate import GenerationRequest, Generator, synthetic_id
+from utilgen.pool import PoolStore, Sample
+from utilgen.task import TaskModel, evaluate, train, train_val_gap
+from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
+from utilgen.task.fidelity import LabelFidelity, label_fidelity
+
+log = logging.getLogger(__name__)
+
+APPEND_EVERY = 64  # samples per pool write: bounds the work lost to a crash
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a generation round needs besides the pool."""
+
+    config: RunConfig
+    splits: Splits
+    generator: Generator
+    requests: Sequence[GenerationRequest]
+
+
+def missing_requests(
+    requests: Sequence[GenerationRequest], store: PoolStore, round_index: int
+) -> list[GenerationRequest]:
+    """The requests with at least one output the pool does not hold yet."""
+    return [
+        r
+        for r in requests
+        if any(synthetic_id(round_index, r, i) not in store for i in range(r.num_outputs))
+    ]
+
+
+def generate_into_pool(
+    generator: Generator,
+    requests: Sequence[GenerationRequest],
+    store: PoolStore,
+    round_index: int,
+) -> int:
+    """Generate ``requests`` the pool lacks and append their samples; returns how many."""
+    todo = missing_requests(requests, store, round_index)
+    if not todo:
+        return 0
+    log.info("round %d: generating %d request(s) with %s", round_index, len(todo), generator.name)
+    buffer: list[Sample] = []
+    added = 0
+    for sample in generator.generate(todo, round_index=round_index):
+        buffer.append(sample)
+        if len(buffer) >= APPEND_EVERY:
+            added += store.append(buffer)
+            buffer = []
+    if buffer:
+        added += store.append(buffer)
+    return added
+
+
+def filter_text_samples(store: PoolStore, cfg: RunConfig, splits: Splits, round_index: int) -> None:
+    """Apply the text filters to the round's samples and record keep/drop with reasons."""
+    from utilgen.generate.text_filters import filter_texts
+
+    ids = set(store.manifest().query("source == 'synthetic' and round == @round_index")["id"])
+    samples = store.samples(sorted(ids))
+    real_texts = [str(t) for t in splits.train.items]
+    decided = filter_texts(samples, real_texts, cfg.generator.text_filters)
+    store.set_kept({s.id: (s.kept, s.reason) for s in decided})
+
+
+def stage1_judge(model: TaskModel, stage1_checkpoints: Path) -> TaskModel:
+    """``model`` with the last stage-1 checkpoint loaded: the classifier trained on real data
+    only, which judges label fidelity (it has never seen a synthetic sample)."""
+    found = list_checkpoints(stage1_checkpoints)
+    if not found:
+        raise UtilgenError(
+            f"no stage-1 checkpoint in {stage1_checkpoints}; delete rounds/000/metrics.json "
+            "and re-run the command to retrain stage 1"
+        )
+    load_checkpoint(model, found[-1])
+    return model
+
+
+def run_generation_round(
+    inputs: RoundInputs,
+    store: PoolStore,
+    *,
+    round_index: int,
+    judge: TaskModel,
+    student: TaskModel,
+    out: Path,
+) -> dict[str, Any]:
+    """Generate, filter, measure label fidelity, retrain on real + kept synthetic, evaluate.
+
+    ``judge`` is the stage-1 real-data classifier; ``student`` a freshly initialised task
+    model (same seed as stage 1) trained here. Returns the round's metrics.
+    """
+    cfg, splits = inputs.config, inputs.splits
+    started = time.perf_counter()
+    class_names = splits.train.class_names
+
+    # 1. generate what the pool lacks
+    generate_into_pool(inputs.generator, inputs.requests, store, round_index)
+
+    # 2. filter (texts: empty, short, long, duplicate, copied), decisions recorded in the pool
+    if splits.train.modality == "text":
+        filter_text_samples(store, cfg, splits, round_index)
+
+    # 3. label fidelity of everything generated, judged by the real-data classifier
+    generated = store.load_labelled(
+        source="synthetic", round=round_index, class_names=class_names, name="synthetic"
+    )
+    fidelity: LabelFidelity = label_fidelity(
+        judge, generated.items, generated.labels, class_names
+    )
+    for name, value in fidelity.per_class.items():
+        log.info("round %d: label fidelity %-20s %.3f", round_index, name, value)
+
+    # 4. train a fresh model on real + kept synthetic, checkpoint per epoch, evaluate
+    kept = store.load_labelled(
+        source="synthetic", round=round_index, kept_only=True, class_names=class_names,
+        name="synthetic",
+    )
+    train_data = _combined(splits.train, kept)
+    result = train(
+        student,
+        train_data,
+        cfg.task,
+        val=splits.val,
+        checkpoint_dir=out / "checkpoints",
+        seed=cfg.seed,
+    )
+    train_metrics = evaluate(student, train_data)
+    val_metrics = evaluate(student, splits.val)
+    return {
+        "round": round_index,
+        "generator": inputs.generator.name,
+        "n_generated": len(generated),
+        "n_train_real": len(splits.train),
+        "n_train_synthetic": len(kept),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "label_fidelity": fidelity.as_dict(),
+        "train_loss": list(result.train_loss),
+        "val_accuracy_per_epoch": list(result.val_accuracy),
+        "train_accuracy": train_metrics["accuracy"],
+        "val_accuracy": val_metrics["accuracy"],
+        "train_val_gap": train_val_gap(train_metrics["accuracy"], val_metrics["accuracy"]),
+        "test": evaluate(student, splits.test),
+        "train_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _combined(real: LabelledData, synthetic: LabelledData) -> LabelledData:
+    if not len(synthetic):
+        log.warning("no synthetic sample was kept; training on real data only")
+        return real
+    return real.concat(synthetic)
