@@ -14,8 +14,19 @@ def test_plan_covers_every_dataset_and_strategy() -> None:
     for fast in (False, True):
         plan = demo_plan(fast)
         assert {(e.dataset, e.strategy) for e in plan} == {
-            (d, s) for d in DEMO_DATASETS for s in ("real-only", "real-only-full")
+            (d, s) for d in DEMO_DATASETS for s in ("real-only", "static", "real-only-full")
         }
+
+
+def test_static_runs_share_the_real_only_split_and_generate() -> None:
+    for fast in (False, True):
+        configs = {(e.dataset, e.strategy): demo_config(e) for e in demo_plan(fast)}
+        for dataset in DEMO_DATASETS:
+            static, real = configs[dataset, "static"], configs[dataset, "real-only"]
+            assert static.data == real.data and static.seed == real.seed
+            assert static.task == real.task
+            assert static.generator.kind != "none" and static.loop.rounds == 1
+            assert real.generator.kind == "none"
 
 
 def test_full_strategy_uses_all_real_data_and_k_shot_does_not() -> None:
@@ -37,4 +48,6 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
         assert {"accuracy", "worst_class_ratio"} <= set(summary)
         full = json.loads((tmp_path / dataset / "real-only-full" / "summary.json").read_text())
         assert full["accuracy"] >= 0.95, (dataset, full["accuracy"])
-    assert (tmp_path / "results.md").read_text().count("\n") == 2 + 2 * len(DEMO_DATASETS)
+        static = json.loads((tmp_path / dataset / "static" / "summary.json").read_text())
+        assert static["n_train_synthetic"] > 0 and static["label_fidelity"] is not None
+    assert (tmp_path / "results.md").read_text().count("\n") == 2 + 3 * len(DEMO_DATASETS)

@@ -205,3 +205,15 @@ def test_image_payload_must_be_png(store: PoolStore) -> None:
     with pytest.raises(ValueError, match="PNG"):
         store.append([bad])
     assert encode_image(np.zeros((2, 2, 1), np.uint8)).startswith(b"\x89PNG")
+
+
+def test_a_manifest_from_before_the_details_column_reads_with_empty_details(
+    store: PoolStore, run_dir: Path
+) -> None:
+    store.append(batch(0))
+    table = pq.read_table(manifest_path(run_dir))
+    pq.write_table(table.drop_columns(["details"]), manifest_path(run_dir))
+    frame = PoolStore(run_dir).manifest()
+    assert list(frame.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert set(frame["details"]) == {""}
+    assert PoolStore(run_dir).samples(list(frame["id"][:1]))[0].details == ""
