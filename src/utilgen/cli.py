@@ -89,10 +89,14 @@ def run_cmd(
     """Run (or resume) a config into a run directory and print its results."""
     cfg = _resolve_config(config, set_)  # validate before the heavy imports
     from utilgen.loop.run import run
-    from utilgen.report import RunSummary, to_rich_table
+    from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
     result = run(cfg, out or Path("runs") / cfg.name)
-    out_console.print(to_rich_table([RunSummary(result.run_dir, result.summary)]))
+    summary = RunSummary(result.run_dir, result.summary)
+    fidelity = fidelity_rich_table(summary)
+    if fidelity is not None:
+        out_console.print(fidelity)
+    out_console.print(to_rich_table([summary]))
     out_console.print(f"run directory: {result.run_dir}")
 
 
@@ -206,7 +210,7 @@ def report_cmd(
 @app.command("demo", epilog="Examples:\n\n  utilgen demo\n\n  utilgen demo --fast --out /tmp/demo")
 def demo_cmd(
     fast: Annotated[
-        bool, typer.Option("--fast", help="Smaller, under 3 minutes on 2 cores.")
+        bool, typer.Option("--fast", help="Fewer texts and images: a few minutes on 2 cores.")
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path(
         "utilgen-demo"
@@ -215,11 +219,15 @@ def demo_cmd(
     """Run every available strategy on the bundled datasets (digits, BBC News) and compare."""
     from utilgen.atomic import write_text_atomic
     from utilgen.loop.demo import run_demo
-    from utilgen.report import RunSummary, to_markdown, to_rich_table
+    from utilgen.report import RunSummary, fidelity_rich_table, to_markdown, to_rich_table
 
     results = run_demo(out, fast=fast)
     summaries = [RunSummary(r.run_dir, r.summary) for r in results]
     write_text_atomic(out / "results.md", to_markdown(summaries))
+    for summary in summaries:
+        fidelity = fidelity_rich_table(summary)
+        if fidelity is not None:
+            out_console.print(fidelity)
     out_console.print(to_rich_table(summaries, title="utilgen demo"))
     out_console.print(
         f"run directories under {out}/<dataset>/<strategy>/; table in {out}/results.md"

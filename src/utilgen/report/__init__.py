@@ -89,6 +89,21 @@ def to_rich_table(runs: Sequence[RunSummary], title: str = "utilgen results") ->
     return table
 
 
+def fidelity_rich_table(run: RunSummary) -> Table | None:
+    """Per-class label fidelity of a run's generated samples (None if it generated none)."""
+    per_class: dict[str, float | None] = run.summary.get("label_fidelity_per_class") or {}
+    if not per_class:
+        return None
+    s = run.summary
+    table = Table(title=f"label fidelity: {s.get('name')} ({s.get('generator')})")
+    table.add_column("class")
+    table.add_column("label fidelity", justify="right")
+    for name, value in per_class.items():
+        table.add_row(name, _cell(value))
+    table.add_row("overall", _cell(run.summary.get("label_fidelity")))
+    return table
+
+
 def _per_class_markdown(summary: dict[str, Any]) -> str:
     per_class: dict[str, float] = summary.get("per_class_accuracy", {})
     lines = ["| class | accuracy |", "|---|---|"]
