@@ -104,6 +104,14 @@ class DiffusersLoraConfig(Section):
         1.0, ge=0.0, description="Adapter weight at generation (0 switches it off)."
     )
 
+    @model_validator(mode="after")
+    def _train_or_load(self) -> DiffusersLoraConfig:
+        if self.train and self.path is not None:
+            raise ValueError(
+                "set lora.train=true (adapt to the real images) or lora.path, not both"
+            )
+        return self
+
 
 class TextualInversionConfig(Section):
     """Textual inversion of class tokens (UtilGen): learn one embedding ``<class-name>`` per
@@ -121,6 +129,15 @@ class TextualInversionConfig(Section):
     learning_rate: float = Field(5e-4, gt=0.0, description="AdamW learning rate (per image).")
     batch_size: int = Field(4, ge=1, description="Real images per training step.")
     steps: int = Field(3000, ge=1, description="Training steps per run (all classes at once).")
+
+    @model_validator(mode="after")
+    def _classes_for_path(self) -> TextualInversionConfig:
+        if self.path is not None and not self.classes:
+            raise ValueError(
+                "textual_inversion.path needs textual_inversion.classes: the classes whose "
+                "prompts use the loaded tokens"
+            )
+        return self
 
 
 class DiffusersConfig(Section):
@@ -188,6 +205,11 @@ class DiffusersConfig(Section):
         False, description="Compute attention in slices (less memory, a little slower)."
     )
     compile: bool = Field(False, description="torch.compile the U-Net (slow first batch).")
+    cache_dir: Path | None = Field(
+        None,
+        description="Where trained LoRA adapters, class tokens and captions are cached (None: "
+        "$UTILGEN_CACHE_DIR/diffusers, else ~/.cache/utilgen/diffusers).",
+    )
     lora: DiffusersLoraConfig = Field(default_factory=DiffusersLoraConfig)
     textual_inversion: TextualInversionConfig = Field(default_factory=TextualInversionConfig)
 

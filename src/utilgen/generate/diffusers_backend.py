@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ import torch
 from PIL import Image
 
 from utilgen.config.diffusion import DiffusersConfig
-from utilgen.data.labelled import Modality
+from utilgen.data.labelled import LabelledData, Modality
 from utilgen.errors import ConfigError, ModelNotFoundError
 from utilgen.generate.base import make_sample
 from utilgen.generate.request import GenerationError, GenerationRequest
@@ -531,3 +534,100 @@ class DiffusersGenerator:
 
 def _no_op(n: int = 1) -> None:
     """Progress callback when no bar is shown."""
+
+
+# 4. the configured generator, adapted to the task --------------------------------------
+
+
+def _cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _publish(directory: Path, write: Callable[[Path], object]) -> None:
+    """Run ``write(tmp)`` into a fresh temporary directory, then rename it to ``directory``
+    (atomic: a killed run leaves no half-written cache entry)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process published the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_diffusers_generator(
+    cfg: DiffusersConfig,
+    *,
+    task_train: LabelledData,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+) -> DiffusersGenerator:
+    """:meth:`DiffusersGenerator.from_config`, then the adaptation ``cfg`` asks for on the
+    task's real images ``task_train``:
+
+    1. textual inversion of ``cfg.textual_inversion.classes`` (unless a ``path`` is given);
+    2. LoRA adaptation (``cfg.lora.train``) with the class prompts and, when the config
+       names a caption source, each image's caption.
+
+    Trained tokens and adapters are cached under :func:`diffusers_cache_dir`, keyed by the
+    model, settings, seed and real images, so a rerun loads what an earlier run trained.
+    """
+    from utilgen.generate.lora import TRAIN_ADAPTER, save_lora, train_lora, training_prompts
+    from utilgen.generate.prompts import captions_for, data_digest, diffusers_cache_dir
+    from utilgen.generate.textual_inversion import (
+        class_tokens_sha256,
+        save_class_tokens,
+        train_class_tokens,
+    )
+
+    generator = DiffusersGenerator.from_config(cfg, device=device, batch_size=batch_size, seed=seed)
+    cache = diffusers_cache_dir(cfg)
+    base = {
+        "model": cfg.model,
+        "variant": cfg.variant,
+        "dtype": str(generator.pipeline.unet.dtype),
+        "image_size": generator.image_size,
+        "seed": seed,
+        "data": data_digest(task_train),
+    }
+    ti = cfg.textual_inversion
+    if ti.classes and ti.path is None:
+        settings = ti.model_dump(mode="json", exclude={"path"})
+        directory = cache / "textual-inversion" / _cache_key({**base, "ti": settings})
+        if directory.is_dir():
+            generator.load_textual_inversion(directory)
+        else:
+            tokens = train_class_tokens(
+                generator.pipeline,
+                task_train,
+                cfg,
+                seed=seed,
+                image_size=generator.image_size,
+                progress=progress,
+            )
+            _publish(directory, lambda tmp: save_class_tokens(tokens, tmp))
+            generator.textual_inversion_sha256 = class_tokens_sha256(directory)
+    if cfg.lora.train:
+        prompts = training_prompts(task_train, cfg, captions_for(cfg, task_train, device=device))
+        settings = cfg.lora.model_dump(mode="json", exclude={"path", "train", "scale"})
+        key = _cache_key(
+            {**base, "lora": settings, "prompts": prompts, "ti": generator.textual_inversion_sha256}
+        )
+        directory = cache / "lora" / key
+        if not (directory / LORA_WEIGHT_NAME).is_file():
+            train_lora(
+                generator.pipeline,
+                task_train,
+                cfg.lora,
+                prompts=prompts,
+                seed=seed,
+                image_size=generator.image_size,
+                progress=progress,
+            )
+            _publish(directory, lambda tmp: save_lora(generator.pipeline, tmp))
+            generator.pipeline.unet.delete_adapters(TRAIN_ADAPTER)
+        generator.load_lora(directory, scale=cfg.lora.scale)
+    return generator

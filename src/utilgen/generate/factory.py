@@ -40,10 +40,13 @@ def build_generator(
             progress=progress,
         )
     if cfg.kind == "diffusers":
-        from utilgen.generate.diffusers_backend import DiffusersGenerator
+        from utilgen.generate.diffusers_backend import prepare_diffusers_generator
 
-        return DiffusersGenerator.from_config(
-            cfg.diffusers, device=device, batch_size=cfg.batch_size, seed=seed
+        # Loads the pipeline, then trains (or loads from cache) what the config asks for on
+        # the real images: textual-inversion tokens and the LoRA adapter.
+        return prepare_diffusers_generator(
+            cfg.diffusers, task_train=splits.train, device=device, batch_size=cfg.batch_size,
+            seed=seed, progress=progress,
         )
     if cfg.kind == "causal-lm":
         from utilgen.generate.causal_lm import CausalLMGenerator
@@ -72,7 +75,7 @@ def static_requests(
 
         return class_prompt_requests(
             class_names, per_class=cfg.per_class, seed=seed, round_index=round_index,
-            cfg=cfg.diffusers,
+            cfg=cfg.diffusers, real=splits.train,
         )
     if cfg.kind == "causal-lm":
         from utilgen.generate.fewshot import fewshot_requests

@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ import numpy as np
 
 from utilgen.atomic import write_text_atomic
 from utilgen.config.diffusion import DiffusersConfig
+from utilgen.data.labelled import LabelledData
 from utilgen.errors import ConfigError, ModelNotFoundError
-from utilgen.generate.request import GenerationRequest
+from utilgen.generate.request import GenerationError, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -315,6 +317,69 @@ def caption_real_images(
     )
 
 
+def diffusers_cache_dir(cfg: DiffusersConfig) -> Path:
+    """Where adapters, class tokens and captions are cached: ``cfg.cache_dir``, else
+    ``$UTILGEN_CACHE_DIR/diffusers``, else ``~/.cache/utilgen/diffusers``."""
+    if cfg.cache_dir is not None:
+        return Path(cfg.cache_dir).expanduser()
+    root = os.environ.get("UTILGEN_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "utilgen") / "diffusers"
+
+
+def data_digest(data: LabelledData) -> str:
+    """SHA-256 (16 hex) of a dataset's ids, labels and image bytes: a cache key part that
+    changes whenever the real images do."""
+    h = hashlib.sha256()
+    for sample_id, label, item in zip(data.ids, data.labels, data.items, strict=True):
+        h.update(f"{sample_id}\0{int(label)}\0".encode())
+        h.update(np.ascontiguousarray(item).tobytes() if isinstance(item, np.ndarray) else b"")
+    return h.hexdigest()[:16]
+
+
+def captions_for(
+    cfg: DiffusersConfig, real: LabelledData | None, *, device: Any = None
+) -> CaptionTable | None:
+    """The captions the config asks for: read from ``cfg.captions_file``, or BLIP-2 captions
+    of ``real`` made with ``cfg.captioner`` (cached by model and images; ``device`` None
+    picks CUDA when present), or None when the config names no caption source.
+
+    Raises:
+        GenerationError: a captioner is set but no real images are given to caption.
+    """
+    if cfg.captions_file is not None:
+        if real is None:
+            raise GenerationError("reading generator.diffusers.captions_file needs the classes")
+        return read_captions(cfg.captions_file, real.class_names)
+    if cfg.captioner is None:
+        return None
+    if real is None:
+        raise GenerationError(
+            "generator.diffusers.captioner captions real images; pass the task's real "
+            "training data (real=...) to caption"
+        )
+    if device is None:
+        from utilgen.determinism import resolve_device
+
+        device = resolve_device("auto")
+    key = hashlib.sha256(
+        f"{Path(cfg.captioner).expanduser().resolve()}|{cfg.caption_max_new_tokens}|"
+        f"{data_digest(real)}".encode()
+    ).hexdigest()[:16]
+    cached = diffusers_cache_dir(cfg) / "captions" / f"{key}.json"
+    if cached.is_file():
+        return read_captions(cached, real.class_names)
+    table = caption_real_images(
+        [np.asarray(item) for item in real.items],
+        real.labels.tolist(),
+        real.ids,
+        real.class_names,
+        cfg,
+        device=device,
+    )
+    write_captions(table, cached)
+    return table
+
+
 # 4. the static strategy's requests ----------------------------------------------------
 
 
@@ -334,21 +399,26 @@ def class_prompt_requests(
     round_index: int,
     cfg: DiffusersConfig,
     captions: CaptionTable | None = None,
+    real: LabelledData | None = None,
 ) -> list[GenerationRequest]:
     """``per_class`` one-image requests per class, class by class (Real-Fake's static
     class prompts).
 
-    Request ``j`` of a class uses the class's caption ``j mod n`` (captions from ``captions``,
-    else from ``cfg.captions_file``), so captions are used evenly; seeds come from
-    :func:`request_seed`. Guidance and steps are left to the generator's config.
+    Request ``j`` of a class uses the class's caption ``j mod n``, so captions are used
+    evenly. Captions come from ``captions`` if given, else from ``cfg.captions_file``, else
+    from ``cfg.captioner`` run on ``real`` (the task's real training images). Seeds come
+    from :func:`request_seed`; guidance and steps are left to the generator's config.
 
     Raises:
         ConfigError: a class is missing from ``cfg.prompt_map``, or the captions file is
             missing or malformed.
+        GenerationError: ``cfg.captioner`` is set but ``real`` is not given.
     """
     texts = class_texts(class_names, cfg)
     if captions is None and cfg.captions_file is not None:
         captions = read_captions(cfg.captions_file, class_names)
+    elif captions is None and cfg.captioner is not None:
+        captions = captions_for(cfg, real)
     requests = []
     for label, name in enumerate(class_names):
         class_captions = captions.for_class(name) if captions is not None else ()

@@ -173,9 +173,8 @@ def save_class_tokens(tokens: ClassTokens, directory: str | Path) -> list[Path]:
     return paths
 
 
-def load_class_tokens(pipeline: Any, directory: str | Path) -> str:
-    """Load every ``*.safetensors`` token file in ``directory`` with diffusers'
-    ``load_textual_inversion``; returns a SHA-256 over the files (names and bytes).
+def token_files(directory: str | Path) -> list[Path]:
+    """The ``*.safetensors`` token files of ``directory``, sorted by name.
 
     Raises:
         ModelNotFoundError: ``directory`` holds no token files.
@@ -187,11 +186,30 @@ def load_class_tokens(pipeline: Any, directory: str | Path) -> str:
             f"generator.diffusers.textual_inversion.path {str(directory)!r} holds no "
             "<token>.safetensors files; pass the directory written by save_class_tokens"
         )
+    return files
+
+
+def class_tokens_sha256(directory: str | Path) -> str:
+    """SHA-256 (64 hex) over the token files of ``directory``: names and bytes."""
     digest = hashlib.sha256()
-    states = []
-    for file in files:
+    for file in token_files(directory):
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
-        states.append(load_file(str(file)))
+    return digest.hexdigest()
+
+
+def load_class_tokens(pipeline: Any, directory: str | Path) -> str:
+    """Load every token file in ``directory`` with diffusers' ``load_textual_inversion``;
+    returns :func:`class_tokens_sha256` of the directory.
+
+    Raises:
+        ModelNotFoundError: ``directory`` holds no token files.
+        GenerationError: a token is already loaded.
+    """
+    files = token_files(directory)
+    states = [load_file(str(file)) for file in files]
+    present = [t for state in states for t in state if t in pipeline.tokenizer.get_vocab()]
+    if present:
+        raise GenerationError(f"token {present[0]} is already loaded into this pipeline")
     pipeline.load_textual_inversion(states)
     logger.info("loaded %d class token(s) from %s", len(files), directory)
-    return digest.hexdigest()
+    return class_tokens_sha256(directory)
