@@ -10,7 +10,8 @@ respond with m versions. The reply is split into lines and each line is checked:
 * the new scene must differ from the original one by 1 to ``max_changed_words`` words
   (word-level edit distance, our reading of "change the scene slightly in no more than
   10 words");
-* it must differ from the rewrites already accepted (case and spacing ignored).
+* it must differ from the rewrites already accepted in its words (case, spacing and
+  punctuation ignored).
 
 Lines that fail are rejected and the LM is asked again with a new seed, up to
 ``max_attempts`` replies per caption. If fewer than m distinct rewrites are found, the
@@ -121,6 +122,11 @@ def _norm(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def _words(text: str) -> tuple[str, ...]:
+    # Rewrites that differ only in case or punctuation count as the same rewrite.
+    return tuple(_WORD.findall(text.lower()))
+
+
 def accept_rewrite(
     line: str, head: str, scene: str, cfg: CaptionPerturbationConfig
 ) -> tuple[str | None, str]:
@@ -197,16 +203,16 @@ def perturb_captions(
         for k, reply in zip(todo, replies, strict=True):
             attempts[k] += 1
             head, scene = parts[k]
-            seen = {_norm(r) for r in found[k]}
+            seen = {_words(r) for r in found[k]}
             for line in reply_lines(reply.text):
                 rewrite, why = accept_rewrite(line, head, scene, cfg)
                 if rewrite is None:
                     log.debug("perturbation of %r: rejected %r (%s)", captions[k], line, why)
-                elif _norm(rewrite) in seen:
+                elif _words(rewrite) in seen:
                     log.debug("perturbation of %r: duplicate %r", captions[k], line)
                 elif len(found[k]) < cfg.versions:
                     found[k].append(rewrite)
-                    seen.add(_norm(rewrite))
+                    seen.add(_words(rewrite))
     tag = perturbation_tag(lm.name, cfg, seed)
     out = []
     for k, caption in enumerate(captions):
