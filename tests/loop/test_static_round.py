@@ -133,3 +133,31 @@ def test_crash_mid_generation_resumes_to_the_same_pool(
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(
         (finished / "summary.json").read_text()
     )
+
+
+def test_valuation_scores_and_selection_shape_the_training_set(tmp_path: Path) -> None:
+    base = _prepared()
+    config = base.config.model_copy(deep=True)
+    config.valuation = type(config.valuation).model_validate(
+        {
+            "scores": ["marginal", "vog"],
+            "selection": [{"rule": "drop_lowest", "score": "marginal", "fraction": 0.5}],
+        }
+    )
+    prepared = replace(base, config=config)
+    run_dir = tmp_path / "valued"
+    summary = run(config, run_dir, prepared=prepared).summary
+    frame = PoolStore(run_dir).manifest()
+    synthetic = frame[frame["source"] == "synthetic"]
+    assert synthetic["utility_r001_marginal"].notna().all()
+    assert synthetic["utility_r001_vog"].notna().all()
+    assert (run_dir / "rounds/001/scores.parquet").is_file()
+    # Half of each class's 3 samples (rounded half up: 2 dropped... or kept) is dropped.
+    dropped = synthetic[~synthetic["kept"]]
+    assert len(dropped) > 0 and (dropped["reason"] != "").all()
+    assert summary["n_train_synthetic"] == int(synthetic["kept"].sum())
+    kept_marginal = synthetic[synthetic["kept"]]["utility_r001_marginal"]
+    for label, group in synthetic.groupby("label"):
+        low = group.sort_values("utility_r001_marginal")["kept"].iloc[0]
+        assert not low, f"class {label}: the lowest-marginal sample was kept"
+    assert kept_marginal.min() >= dropped["utility_r001_marginal"].min()

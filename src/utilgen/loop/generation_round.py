@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from utilgen.config import RunConfig
 from utilgen.data import LabelledData, Splits
 from utilgen.errors import UtilgenError
@@ -84,9 +86,10 @@ def filter_text_samples(store: PoolStore, cfg: RunConfig, splits: Splits, round_
     store.set_kept({s.id: (s.kept, s.reason) for s in decided})
 
 
-def stage1_judge(model: TaskModel, stage1_checkpoints: Path) -> TaskModel:
-    """``model`` with the last stage-1 checkpoint loaded: the classifier trained on real data
-    only, which judges label fidelity (it has never seen a synthetic sample)."""
+def stage1_judge(model: TaskModel, stage1_checkpoints: Path) -> tuple[TaskModel, list[Path]]:
+    """``model`` with the last stage-1 checkpoint loaded, and all stage-1 checkpoints: the
+    classifier trained on real data only, which judges label fidelity (it has never seen a
+    synthetic sample) and values the generated samples."""
     found = list_checkpoints(stage1_checkpoints)
     if not found:
         raise UtilgenError(
@@ -94,7 +97,50 @@ def stage1_judge(model: TaskModel, stage1_checkpoints: Path) -> TaskModel:
             "and re-run the command to retrain stage 1"
         )
     load_checkpoint(model, found[-1])
-    return model
+    return model, found
+
+
+def value_and_select(
+    store: PoolStore,
+    cfg: RunConfig,
+    splits: Splits,
+    round_index: int,
+    judge: TaskModel,
+    judge_checkpoints: Sequence[Path],
+) -> dict[str, float] | None:
+    """Score the round's kept synthetic samples with the stage-1 model, record the scores,
+    apply ``valuation.selection``; returns id -> training weight (None: no selection)."""
+    from utilgen.value import (
+        apply_selection,
+        build_selector,
+        record_scores,
+        score_samples,
+        scored_samples,
+    )
+
+    candidates = store.load_labelled(
+        source="synthetic",
+        round=round_index,
+        kept_only=True,
+        class_names=splits.train.class_names,
+        name="synthetic",
+    )
+    if not len(candidates):
+        return None
+    frame = score_samples(
+        cfg.valuation,
+        judge,
+        candidates,
+        checkpoints=judge_checkpoints,
+        real_train=splits.train,
+        seed=cfg.seed,
+    )
+    record_scores(store, round_index, frame)
+    if not cfg.valuation.selection:
+        return None
+    selection = build_selector(cfg.valuation.selection).select(scored_samples(candidates, frame))
+    apply_selection(store, round_index, selection)
+    return selection.weights()
 
 
 def run_generation_round(
@@ -103,13 +149,16 @@ def run_generation_round(
     *,
     round_index: int,
     judge: TaskModel,
+    judge_checkpoints: Sequence[Path],
     student: TaskModel,
     out: Path,
 ) -> dict[str, Any]:
-    """Generate, filter, measure label fidelity, retrain on real + kept synthetic, evaluate.
+    """Generate, filter, measure label fidelity, value and select, retrain on real + kept
+    synthetic, evaluate.
 
-    ``judge`` is the stage-1 real-data classifier; ``student`` a freshly initialised task
-    model (same seed as stage 1) trained here. Returns the round's metrics.
+    ``judge`` is the stage-1 real-data classifier (its checkpoints ``judge_checkpoints`` feed
+    VoG); ``student`` a freshly initialised task model (same seed as stage 1) trained here.
+    Returns the round's metrics.
     """
     cfg, splits = inputs.config, inputs.splits
     started = time.perf_counter()
@@ -126,22 +175,33 @@ def run_generation_round(
     generated = store.load_labelled(
         source="synthetic", round=round_index, class_names=class_names, name="synthetic"
     )
-    fidelity: LabelFidelity = label_fidelity(
-        judge, generated.items, generated.labels, class_names
-    )
+    fidelity: LabelFidelity = label_fidelity(judge, generated.items, generated.labels, class_names)
     for name, value in fidelity.per_class.items():
         log.info("round %d: label fidelity %-20s %.3f", round_index, name, value)
 
-    # 4. train a fresh model on real + kept synthetic, checkpoint per epoch, evaluate
+    # 4. utility of the kept samples under the stage-1 model; selection with reasons
+    weight_of: dict[str, float] | None = None
+    if cfg.valuation.scores:
+        weight_of = value_and_select(store, cfg, splits, round_index, judge, judge_checkpoints)
+
+    # 5. train a fresh model on real + kept synthetic, checkpoint per epoch, evaluate
     kept = store.load_labelled(
-        source="synthetic", round=round_index, kept_only=True, class_names=class_names,
+        source="synthetic",
+        round=round_index,
+        kept_only=True,
+        class_names=class_names,
         name="synthetic",
     )
     train_data = _combined(splits.train, kept)
+    weights = None
+    if weight_of is not None:
+        # Real samples weigh 1; synthetic ones what the selection gave them.
+        weights = np.array([weight_of.get(i, 1.0) for i in train_data.ids], dtype=np.float64)
     result = train(
         student,
         train_data,
         cfg.task,
+        weights=weights,
         val=splits.val,
         checkpoint_dir=out / "checkpoints",
         seed=cfg.seed,

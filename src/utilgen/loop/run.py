@@ -219,7 +219,7 @@ def _generation_round(
     if prepared.generator is None:
         raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
     cfg = prepared.config
-    judge = stage1_judge(
+    judge, judge_checkpoints = stage1_judge(
         build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
     )
     inputs = RoundInputs(cfg, prepared.splits, prepared.generator, prepared.requests)
@@ -228,6 +228,7 @@ def _generation_round(
         store,
         round_index=round_index,
         judge=judge,
+        judge_checkpoints=judge_checkpoints,
         student=build_model(cfg, prepared.splits),
         out=out,
     )
