@@ -66,8 +66,8 @@ def normalize_per_class(
             spread = part.max() - part.min()
             out[members] = (part - part.min()) / spread if spread > 0 else 0.5
         else:
-            std = part.std()
-            out[members] = (part - part.mean()) / std if std > 0 else 0.0
+            # exact test for a constant class: see vog.class_normalize
+            out[members] = (part - part.mean()) / part.std() if np.ptp(part) > 0 else 0.0
     return out
 
 

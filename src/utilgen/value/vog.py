@@ -78,15 +78,17 @@ def variance_of_gradients(gradients: np.ndarray, mask: np.ndarray | None = None)
 
 
 def class_normalize(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(v - mean_c) / std_c within each label's class, float64 (n,); 0 where std_c is 0."""
+    """(v - mean_c) / std_c within each label's class, float64 (n,); 0 for a class whose
+    values are all equal (tested exactly: a float mean of equal values may differ from them
+    by rounding, and dividing that by a rounding-sized std would give arbitrary +-1s)."""
     v = np.asarray(values, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     out = np.zeros_like(v)
     for c in np.unique(y):
         members = y == c
-        mean, std = v[members].mean(), v[members].std()
-        if std > 0:
-            out[members] = (v[members] - mean) / std
+        part = v[members]
+        if np.ptp(part) > 0:
+            out[members] = (part - part.mean()) / part.std()
     return out
 
 

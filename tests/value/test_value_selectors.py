@@ -1,0 +1,162 @@
+"""Selectors: ties broken by id, per-class counts, composition, frozen decisions, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from utilgen.config.valuation import SelectionRule
+from utilgen.value import (
+    BottomK,
+    Chain,
+    DropLowest,
+    HardReal,
+    KeepAll,
+    KeepRatio,
+    ScoredSamples,
+    SelectionError,
+    Threshold,
+    TopK,
+    Weighting,
+    build_selector,
+)
+
+CLASSES = ("cat", "dog")
+
+
+def samples(ids: list[str], labels: list[int], **scores: list[float]) -> ScoredSamples:
+    return ScoredSamples(
+        ids=tuple(ids),
+        labels=np.array(labels),
+        scores={k: np.array(v, dtype=float) for k, v in scores.items()},
+        class_names=CLASSES,
+    )
+
+
+# Class cat: c1..c4 with s = 0.5, 0.9, 0.5, 0.1; class dog: d1, d2 tied at 0.7.
+TABLE = samples(
+    ["c3", "d2", "c1", "c2", "d1", "c4"],
+    [0, 1, 0, 0, 1, 0],
+    s=[0.5, 0.7, 0.5, 0.9, 0.7, 0.1],
+)
+
+
+def test_top_k_breaks_ties_by_id() -> None:
+    # cat: c2 (0.9), then c1 beats c3 at 0.5 by id; dog keeps both
+    assert sorted(TopK("s", 2).select(TABLE).kept_ids()) == ["c1", "c2", "d1", "d2"]
+    # dog: d1 beats d2 at 0.7 by id
+    assert sorted(TopK("s", 1).select(TABLE).kept_ids()) == ["c2", "d1"]
+
+
+def test_bottom_k_breaks_ties_by_id_too() -> None:
+    assert sorted(BottomK("s", 2).select(TABLE).kept_ids()) == ["c1", "c4", "d1", "d2"]
+    assert sorted(BottomK("s", 1).select(TABLE).kept_ids()) == ["c4", "d1"]
+    assert sorted(HardReal(1, score="s").select(TABLE).kept_ids()) == ["c4", "d1"]
+
+
+def test_selection_does_not_depend_on_input_order() -> None:
+    order = [5, 2, 0, 4, 1, 3]
+    shuffled = TABLE.subset(np.array(order))
+    for selector in (TopK("s", 2), BottomK("s", 1), KeepRatio("s", 0.5), DropLowest("s", 0.5)):
+        assert selector.select(shuffled).kept_and_reasons() == {
+            i: d for i, d in selector.select(TABLE).kept_and_reasons().items()
+        }
+
+
+def test_overall_ranking_without_classes() -> None:
+    assert sorted(TopK("s", 3, per_class=False).select(TABLE).kept_ids()) == ["c2", "d1", "d2"]
+
+
+def test_threshold_keeps_equal_scores() -> None:
+    selection = Threshold("s", 0.5).select(TABLE)
+    assert sorted(selection.kept_ids()) == ["c1", "c2", "c3", "d1", "d2"]
+    assert "0.1 < 0.5" in selection.decisions["c4"].reason
+
+
+def test_keep_ratio_and_drop_lowest_round_half_up_per_class() -> None:
+    # cat has 4 samples: 50% -> 2; dog has 2: 50% -> 1
+    assert sorted(KeepRatio("s", 0.5).select(TABLE).kept_ids()) == ["c1", "c2", "d1"]
+    # drop 25% of cat (1: c4) and round(0.5) = 1 of dog (the lowest by tie-break: d1)
+    dropped = DropLowest("s", 0.25).select(TABLE)
+    assert sorted(set(TABLE.ids) - set(dropped.kept_ids())) == ["c4", "d1"]
+    assert dropped.decisions["c4"].reason.startswith("dropped by drop_lowest")
+    assert dropped.decisions["c4"].weight == 0.0 and dropped.decisions["c2"].weight == 1.0
+
+
+def test_weighting_keeps_everything() -> None:
+    raw = Weighting("s").select(TABLE)
+    assert len(raw.kept_ids()) == len(TABLE)
+    assert raw.weights()["c2"] == pytest.approx(0.9)
+    normalised = Weighting("s", normalize=True).select(TABLE).weights()
+    assert normalised["c2"] == 1.0 and normalised["c4"] == 0.0
+    assert normalised["c1"] == pytest.approx(0.5)
+    assert normalised["d1"] == normalised["d2"] == 1.0  # a constant class keeps weight 1
+    with pytest.raises(SelectionError, match="negative values"):
+        Weighting("s").select(samples(["a"], [0], s=[-1.0]))
+
+
+def test_chain_applies_rules_in_order() -> None:
+    table = samples(
+        ["c1", "c2", "c3", "c4", "d1", "d2"],
+        [0, 0, 0, 0, 1, 1],
+        vog=[0.0, 1.0, 2.0, 3.0, 5.0, 4.0],
+        margin=[0.9, 0.1, 0.5, 0.3, 0.2, 0.2],
+    )
+    chain = Chain(DropLowest("vog", 0.25), TopK("margin", 1), Weighting("margin"))
+    selection = chain.select(table)
+    # VoG drops c1 and d2; of the rest the best margin per class is c3 and d1
+    assert sorted(selection.kept_ids()) == ["c3", "d1"]
+    assert selection.decisions["c1"].reason.startswith("dropped by drop_lowest")
+    assert selection.decisions["c2"].reason.startswith("dropped by top_k")
+    kept = selection.decisions["c3"]
+    assert kept.weight == pytest.approx(0.5)
+    assert kept.reason.count(";") == 2  # one reason per rule
+    assert list(selection.decisions) == list(table.ids)
+
+
+def test_decisions_are_frozen() -> None:
+    selection = TopK("s", 1).select(TABLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        selection.decisions["c1"].kept = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        selection.decisions["c1"] = selection.decisions["c2"]  # type: ignore[index]
+
+
+def test_empty_class_is_a_one_line_error() -> None:
+    only_cats = samples(["c1", "c2"], [0, 0], s=[0.1, 0.2])
+    with pytest.raises(SelectionError, match="class 'dog' has no samples") as err:
+        TopK("s", 1).select(only_cats)
+    assert "\n" not in str(err.value)
+    # not per class: no class needs samples
+    assert TopK("s", 1, per_class=False).select(only_cats).kept_ids() == ["c2"]
+
+
+def test_missing_or_non_finite_score_is_an_error() -> None:
+    with pytest.raises(SelectionError, match="reads score 'vog' but the samples have s"):
+        DropLowest("vog", 0.25).select(TABLE)
+    bad = samples(["a", "b"], [0, 1], s=[np.nan, 1.0])
+    with pytest.raises(SelectionError, match="of sample 'a' is nan"):
+        TopK("s", 1).select(bad)
+    with pytest.raises(SelectionError, match="k >= 1"):
+        TopK("s", 0)
+    with pytest.raises(SelectionError, match=r"fraction in \[0, 1\]"):
+        KeepRatio("s", 1.5)
+
+
+def test_build_selector_from_config_rules() -> None:
+    rules = [
+        SelectionRule(rule="drop_lowest", score="vog", fraction=0.25),
+        SelectionRule(rule="top_k", score="margin", k=1),
+    ]
+    table = samples(
+        ["c1", "c2", "c3", "c4", "d1", "d2"],
+        [0, 0, 0, 0, 1, 1],
+        vog=[0.0, 1.0, 2.0, 3.0, 5.0, 4.0],
+        margin=[0.9, 0.1, 0.5, 0.3, 0.2, 0.2],
+    )
+    assert sorted(build_selector(rules).select(table).kept_ids()) == ["c3", "d1"]
+    everything = build_selector([]).select(table)
+    assert isinstance(build_selector([]), KeepAll)
+    assert everything.kept_ids() == list(table.ids)
