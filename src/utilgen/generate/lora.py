@@ -187,10 +187,11 @@ class LoraTraining:
 
 
 def add_lora(
-    unet: Any, settings: DiffusersLoraConfig, adapter_name: str = TRAIN_ADAPTER
+    unet: Any, settings: DiffusersLoraConfig, *, seed: int, adapter_name: str = TRAIN_ADAPTER
 ) -> list[torch.nn.Parameter]:
     """Add a trainable LoRA adapter to ``unet`` (everything else frozen); returns its
-    parameters, upcast to float32 so that fp16 U-Nets still train stably."""
+    parameters, upcast to float32 so that fp16 U-Nets still train stably. The Gaussian
+    initialisation of the A matrices is drawn under ``seed``."""
     from peft import LoraConfig
 
     unet.requires_grad_(False)
@@ -200,7 +201,10 @@ def add_lora(
         init_lora_weights="gaussian",
         target_modules=list(settings.target_modules),
     )
-    unet.add_adapter(config, adapter_name=adapter_name)
+    # peft draws the initial weights from torch's global generator: seed it, then restore it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(config, adapter_name=adapter_name)
     params = [p for n, p in unet.named_parameters() if "lora_" in n and adapter_name in n]
     for p in params:
         p.data = p.data.float()
@@ -244,7 +248,7 @@ def train_lora(
     pixels = image_tensor(data.items, image_size)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     # 3. the adapter and its optimiser
-    params = add_lora(unet, settings, adapter_name)
+    params = add_lora(unet, settings, seed=seed, adapter_name=adapter_name)
     optimizer = torch.optim.AdamW(
         params, lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
@@ -260,7 +264,7 @@ def train_lora(
                 batch = random_flip(batch, generator)
             with torch.no_grad():
                 posterior = vae.encode(batch.to(device=device, dtype=dtype)).latent_dist
-                latents = posterior.sample(generator=None if device.type != "cpu" else generator)
+                latents = posterior.sample(generator=generator)
                 latents = latents * vae.config.scaling_factor
             with autocast:
                 loss = diffusion_loss(
