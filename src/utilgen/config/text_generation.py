@@ -55,9 +55,9 @@ PERTURBATION_USER_PROMPT = (
 # Echoes a small LM puts before its text ("Article:", "Example 3:", "Here is a new ...:").
 DEFAULT_STRIP_PREFIXES = (
     r"(?i)^(?:sure[,!.]?\s*)?here(?:'s| is| are)\b[^\n:]{0,80}:\s*",
-    r"(?i)^(?:new\s+)?(?:example|text|abstract|article|output|answer|response|story)"
+    r"(?i)^(?:new\s+)?(?:example|text|abstract|article|news|output|answer|response|story)"
     r"(?:\s*\d+)?\s*[:\-]\s*",
-    r"(?i)^title\s*:[^\n]*\n+",
+    r"(?i)^(?:title|headline)\s*:[^\n]*\n+",
 )
 # Where a second text starts: the model goes on with another example or a new turn.
 DEFAULT_STOP_PATTERNS = (

@@ -11,13 +11,13 @@ the new tokens are decoded.
 
 Sampling and seeds. ``model.generate`` samples with one global random stream, so what a row
 draws depends on which other rows share its batch. Here every output has its own
-``torch.Generator`` seeded with ``request.seed + i`` and sampling is done with the Gumbel-max
-trick: exponential noise ``E`` from that generator turns ``argmax(scores - log E)`` into an
-exact draw from ``softmax(scores)`` (after temperature, top-k and top-p, the same
-transformers warpers ``generate`` uses), and ``generate`` runs in greedy mode around it.
-So output ``i`` of a request is reproducible from its seed alone and the same whichever
-batch, batch size or position it runs in, up to float noise in the logits of a padded batch
-(which can only flip a draw at an exact near-tie). Greedy decoding (``temperature=0``) is
+``torch.Generator`` seeded with ``request.seed + i``: at each step one uniform number from it
+picks the next token by inverse CDF from ``softmax(scores)`` (after temperature, top-k and
+top-p, the same transformers warpers ``generate`` uses), and ``generate`` runs in greedy
+mode around that draw (:class:`PerRowSampling`). So output ``i`` of a request is reproducible
+from its seed alone and the same whichever batch, batch size or position it runs in, up to
+float noise in the logits of a padded batch (which can only change a draw whose uniform
+number falls within that noise of a token boundary). Greedy decoding (``temperature=0``) is
 batch-invariant in the same sense.
 """
 
@@ -307,12 +307,13 @@ class SamplingSettings:
         }
 
 
-class PerRowGumbelSampling(LogitsProcessor):
-    """Adds Gumbel noise from one seeded generator per row, so that the argmax ``generate``
-    takes in greedy mode is an exact sample of ``softmax(scores)`` for that row alone.
+class PerRowSampling(LogitsProcessor):
+    """Samples each row's next token with that row's own seeded generator (inverse CDF).
 
-    ``-log E`` with ``E ~ Exp(1)`` is standard Gumbel; each step draws one vocabulary-sized
-    vector per row from that row's own generator.
+    One uniform number per row and step, from the row's generator, picks the token where
+    the cumulative distribution of ``softmax(scores)`` passes it; the returned scores are
+    0 there and -inf elsewhere, so the argmax ``generate`` takes in greedy mode is that
+    exact sample. Tokens the warpers set to -inf have zero probability and are never drawn.
     """
 
     def __init__(self, seeds: Sequence[int], device: torch.device) -> None:
@@ -323,18 +324,23 @@ class PerRowGumbelSampling(LogitsProcessor):
             raise RuntimeError(
                 f"{scores.shape[0]} rows but {len(self.generators)} seeded generators"
             )
-        noise = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
-        for row, generator in enumerate(self.generators):
-            noise[row].exponential_(generator=generator)
-        out: torch.FloatTensor = scores.float() - noise.log()  # type: ignore[assignment]
-        return out
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum_(dim=-1)
+        u = torch.cat(
+            [torch.rand(1, generator=g, device=g.device) for g in self.generators]
+        ).to(scores.device)
+        # right=True: the first token whose cumulative mass exceeds u (never a zero-mass one).
+        token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
+        token.clamp_(max=scores.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, token, 0.0)
+        return out  # type: ignore[return-value]
 
 
 def sampling_processors(
     settings: SamplingSettings, seeds: Sequence[int], device: torch.device
 ) -> LogitsProcessorList:
     """The logits processors of ``settings`` for rows seeded with ``seeds`` (empty when
-    greedy): temperature, top-k and top-p as ``generate`` orders them, then the noise."""
+    greedy): temperature, top-k and top-p as ``generate`` orders them, then the draw."""
     processors = LogitsProcessorList()
     if settings.temperature == 0:
         return processors
@@ -344,7 +350,7 @@ def sampling_processors(
         processors.append(TopKLogitsWarper(settings.top_k))
     if settings.top_p < 1.0:
         processors.append(TopPLogitsWarper(settings.top_p))
-    processors.append(PerRowGumbelSampling(seeds, device))
+    processors.append(PerRowSampling(seeds, device))
     return processors
 
 
@@ -508,7 +514,7 @@ class CausalLMGenerator:
     # generation ------------------------------------------------------------------------
 
     def _generation_config(self, settings: SamplingSettings) -> GenerationConfig:
-        # Greedy mode always: sampling happens in PerRowGumbelSampling. The sampling fields
+        # Greedy mode always: sampling happens in PerRowSampling. The sampling fields
         # are set here so that the checkpoint's generation_config.json cannot switch on one
         # the user did not ask for; its hard constraints (suppressed tokens, forced tokens)
         # still apply, as they do in a plain ``generate`` call.
