@@ -52,7 +52,8 @@ def build_generator(
         from utilgen.generate.causal_lm import CausalLMGenerator
 
         return CausalLMGenerator.from_config(
-            cfg.lm, device=device, batch_size=cfg.batch_size, seed=seed
+            cfg.lm, device=device, batch_size=cfg.batch_size, seed=seed,
+            cleaning=cfg.text_filters,
         )
     raise GenerationError(f"generator.kind={cfg.kind!r} does not generate; pick a generator")
 
