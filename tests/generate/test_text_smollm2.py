@@ -60,7 +60,10 @@ def test_smollm2_batched_equals_one_by_one(smollm2: CausalLMGenerator, temperatu
     settings = SamplingSettings(temperature=temperature, max_new_tokens=16)
     seeds = [11, 12, 13]
     batched = smollm2.complete(PROMPTS, seeds, sampling=settings)
-    alone = [smollm2.complete([p], [s], sampling=settings)[0] for p, s in zip(PROMPTS, seeds)]
+    alone = [
+        smollm2.complete([p], [s], sampling=settings)[0]
+        for p, s in zip(PROMPTS, seeds, strict=True)
+    ]
     assert [c.text for c in batched] == [c.text for c in alone]
 
 
