@@ -192,11 +192,14 @@ class DiffusersGenerator:
 
     Attributes:
         modality: always ``"image"``.
+        name: model id or path, plus ``+ti:<hash16>`` / ``+lora:<hash16>`` for loaded class
+            tokens and LoRA adapter (SHA-256 prefixes); every sample's ``generator``.
         pipeline: the text-to-image pipeline (its components are shared with img2img).
         model: model id or path, as given.
     """
 
     modality: Modality = "image"
+    name: str
 
     def __init__(
         self,
@@ -258,6 +261,7 @@ class DiffusersGenerator:
         self.lora_sha256: str | None = None
         self.lora_scale = 1.0
         self.textual_inversion_sha256: str | None = None
+        self.name = model
 
     @classmethod
     def from_config(
@@ -299,15 +303,27 @@ class DiffusersGenerator:
 
     # -- adapters --------------------------------------------------------------------
 
-    @property
-    def name(self) -> str:
-        """Model id/path, plus ``+lora:<hash16>`` and ``+ti:<hash16>`` for loaded adapters."""
-        out = self.model
+    def _update_name(self) -> None:
+        """``name`` = model id/path, plus ``+ti:<hash16>`` and ``+lora:<hash16>`` for the
+        loaded class tokens and adapter."""
+        name = self.model
         if self.textual_inversion_sha256:
-            out += f"+ti:{self.textual_inversion_sha256[:16]}"
+            name += f"+ti:{self.textual_inversion_sha256[:16]}"
         if self.lora_sha256:
-            out += f"+lora:{self.lora_sha256[:16]}"
-        return out
+            name += f"+lora:{self.lora_sha256[:16]}"
+        self.name = name
+
+    def unload_lora(self) -> None:
+        """Remove the loaded LoRA adapter (if any)."""
+        if self.lora_sha256 is not None:
+            self.pipeline.unload_lora_weights()
+            self.lora_sha256 = None
+            self._update_name()
+
+    def record_textual_inversion(self, sha256: str) -> None:
+        """Record class tokens put into the pipeline directly (trained in place)."""
+        self.textual_inversion_sha256 = sha256
+        self._update_name()
 
     def load_lora(self, path: str | Path, *, scale: float = 1.0) -> str:
         """Load a LoRA adapter (replacing any loaded one) and return its file's SHA-256.
@@ -315,14 +331,14 @@ class DiffusersGenerator:
         ``path`` is a ``.safetensors`` file written by ``save_lora_weights`` or its directory.
         """
         file = lora_file(path)
-        if self.lora_sha256 is not None:
-            self.pipeline.unload_lora_weights()
+        self.unload_lora()
         self.pipeline.load_lora_weights(
             str(file.parent), weight_name=file.name, adapter_name=ADAPTER_NAME
         )
         self.pipeline.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
         self.lora_sha256 = file_sha256(file)
         self.lora_scale = scale
+        self._update_name()
         logger.info("loaded LoRA adapter %s (sha256 %s)", file, self.lora_sha256[:16])
         return self.lora_sha256
 
@@ -331,8 +347,9 @@ class DiffusersGenerator:
         format) into the tokenizer and text encoder; returns the SHA-256 over the files."""
         from utilgen.generate.textual_inversion import load_class_tokens
 
-        self.textual_inversion_sha256 = load_class_tokens(self.pipeline, directory)
-        return self.textual_inversion_sha256
+        sha256 = load_class_tokens(self.pipeline, directory)
+        self.record_textual_inversion(sha256)
+        return sha256
 
     # -- generation ------------------------------------------------------------------
 
@@ -609,7 +626,7 @@ def prepare_diffusers_generator(
                 progress=progress,
             )
             _publish(directory, lambda tmp: save_class_tokens(tokens, tmp))
-            generator.textual_inversion_sha256 = class_tokens_sha256(directory)
+            generator.record_textual_inversion(class_tokens_sha256(directory))
     if cfg.lora.train:
         prompts = training_prompts(task_train, cfg, captions_for(cfg, task_train, device=device))
         settings = cfg.lora.model_dump(mode="json", exclude={"path", "train", "scale"})

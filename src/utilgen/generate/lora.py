@@ -316,9 +316,7 @@ def adapt_to_task(
     images, save it under ``out_dir`` and load the saved file into the generator, so that
     generation uses exactly the file whose hash the samples record."""
     pipeline = generator.pipeline
-    if generator.lora_sha256 is not None:
-        pipeline.unload_lora_weights()
-        generator.lora_sha256 = None
+    generator.unload_lora()
     trained = train_lora(
         pipeline,
         data,
