@@ -21,8 +21,9 @@ from utilgen.data import LabelledData
 from utilgen.generate import GenerationRequest, make_sample
 from utilgen.generate.builtin import builtin_class_requests
 from utilgen.loop import generation_round
-from utilgen.loop.run import Prepared, prepare, run
+from utilgen.loop.run import Prepared, build_model, prepare, run
 from utilgen.pool import PoolStore, Sample, encode_image
+from utilgen.task import load_checkpoint
 
 PER_CLASS = 3
 
@@ -95,8 +96,13 @@ def test_round_one_trains_on_real_plus_synthetic_and_reports_fidelity(finished: 
     assert summary["n_train_real"] == 50
     assert summary["n_train_synthetic"] == 10 * PER_CLASS
     assert summary["generator"] == "replay-test"
-    # Real digits, judged by the stage-1 classifier: fidelity is its accuracy on them.
-    assert 0.5 <= summary["label_fidelity"] <= 1.0
+    # Label fidelity is the stage-1 classifier's accuracy on the generated (here: replayed
+    # real) images, recomputed from its last checkpoint.
+    judge = build_model(_config(), _prepared().splits)
+    load_checkpoint(judge, sorted((finished / "rounds/000/checkpoints").glob("*.safetensors"))[-1])
+    generated = PoolStore(finished).load_labelled(source="synthetic")
+    expected = (judge.predict_proba(generated.items).argmax(1) == generated.labels).mean()
+    assert summary["label_fidelity"] == pytest.approx(expected)
     assert set(summary["label_fidelity_per_class"]) == {str(c) for c in range(10)}
     metrics = json.loads((finished / "rounds/001/metrics.json").read_text())
     assert metrics["n_generated"] == 10 * PER_CLASS
@@ -152,7 +158,7 @@ def test_valuation_scores_and_selection_shape_the_training_set(tmp_path: Path) -
     assert synthetic["utility_r001_marginal"].notna().all()
     assert synthetic["utility_r001_vog"].notna().all()
     assert (run_dir / "rounds/001/scores.parquet").is_file()
-    # Half of each class's 3 samples (rounded half up: 2 dropped... or kept) is dropped.
+    # drop_lowest 0.5 drops at least the lowest-marginal sample of every class.
     dropped = synthetic[~synthetic["kept"]]
     assert len(dropped) > 0 and (dropped["reason"] != "").all()
     assert summary["n_train_synthetic"] == int(synthetic["kept"].sum())
