@@ -13,15 +13,19 @@ and shared by both sides. The inputs are U-DPO 2-shot prompts built from BBC New
 Both sample with the same temperature, top-p, top-k (off) and token limits; end-of-text is
 suppressed until ``--max-new-tokens`` (``min_new_tokens``), so every row of both sides
 generates exactly that many tokens and tokens/s compare like with like. After one warm-up
-run each, the two sides alternate (``--repeats`` times, the order flipped every repeat, so
-drift in a shared machine's load hits both alike); the medians are compared. Target: the
-utilgen/raw ratio of tokens/s >= 0.95.
+run each, the two sides run back to back ``--repeats`` times, the order flipped every
+repeat. Each run is timed twice: wall clock, and the CPU time of this process. On a shared
+machine the wall clock also measures the neighbours' load, which changes from one run to the
+next; the CPU time measures the work done, so the target is judged on it by default
+(``--clock wall`` to judge on wall time). The ratio is the median over repeats of each
+repeat's utilgen/raw tokens/s ratio (pairs run seconds apart, so slow drift cancels).
+Target: ratio >= 0.95.
 
     .venv/bin/python benchmarks/text_generation.py [--model DIR|FILE.gguf] [--batch-size 8]
         [--max-new-tokens 32] [--repeats 5] [--threads 1]
 
-Prints one line per run, the two medians, then ``text_generation_ratio=<x>`` last; exits 1
-when the ratio is below 0.95.
+Prints one line per run, median tokens/s per side and clock, both ratios, then
+``text_generation_ratio=<x>`` (the judged clock) last; exits 1 when it is below 0.95.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import logging
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,18 +63,31 @@ def _requests(batch_size: int, example_words: int) -> list[GenerationRequest]:
     return [by_class[i] for i in order][:batch_size]
 
 
-def _run_utilgen(gen: CausalLMGenerator, requests: list[GenerationRequest]) -> tuple[float, int]:
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class Timing:
+    """One run: wall-clock and process CPU seconds, and the tokens generated."""
+
+    wall: float
+    cpu: float
+    tokens: int
+
+    def rate(self, clock: str) -> float:
+        """Tokens per second on ``clock`` (``wall`` or ``cpu``)."""
+        return self.tokens / (self.wall if clock == "wall" else self.cpu)
+
+
+def _run_utilgen(gen: CausalLMGenerator, requests: list[GenerationRequest]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
     samples = list(gen.generate(requests, progress=False))
-    seconds = time.perf_counter() - start
-    return seconds, sum(int(s.steps or 0) for s in samples)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Timing(wall, cpu, sum(int(s.steps or 0) for s in samples))
 
 
 def _run_raw(
     model: Any, inputs: dict[str, torch.Tensor], settings: SamplingSettings, pad_id: int
-) -> tuple[float, int]:
+) -> Timing:
     prompt_len = inputs["input_ids"].shape[1]
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         out = model.generate(
             **inputs,
@@ -81,8 +99,8 @@ def _run_raw(
             min_new_tokens=settings.min_new_tokens,
             pad_token_id=pad_id,
         )
-    seconds = time.perf_counter() - start
-    return seconds, int(out.shape[0] * (out.shape[1] - prompt_len))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Timing(wall, cpu, int(out.shape[0] * (out.shape[1] - prompt_len)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (0: torch's default)"
     )
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="clock the target is judged on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     set_quiet(True)
@@ -134,22 +154,31 @@ def main(argv: list[str] | None = None) -> int:
     # 3. warm-up, then interleaved timed runs
     _run_utilgen(gen, requests)
     _run_raw(model, inputs, settings, pad_id)
-    rates: dict[str, list[float]] = {"utilgen": [], "raw": []}
+    runs: dict[str, list[Timing]] = {"utilgen": [], "raw": []}
     for repeat in range(args.repeats):
         sides = ["utilgen", "raw"] if repeat % 2 == 0 else ["raw", "utilgen"]
         for side in sides:
             if side == "utilgen":
-                seconds, tokens = _run_utilgen(gen, requests)
+                timing = _run_utilgen(gen, requests)
             else:
-                seconds, tokens = _run_raw(model, inputs, settings, pad_id)
-            rates[side].append(tokens / seconds)
-            print(f"repeat={repeat} side={side} tokens={tokens} seconds={seconds:.2f} "
-                  f"tokens_per_s={tokens / seconds:.2f}")
+                timing = _run_raw(model, inputs, settings, pad_id)
+            runs[side].append(timing)
+            print(f"repeat={repeat} side={side} tokens={timing.tokens} "
+                  f"wall_s={timing.wall:.2f} cpu_s={timing.cpu:.2f} "
+                  f"wall_tokens_per_s={timing.rate('wall'):.2f} "
+                  f"cpu_tokens_per_s={timing.rate('cpu'):.2f}")
 
-    utilgen = statistics.median(rates["utilgen"])
-    raw = statistics.median(rates["raw"])
-    ratio = utilgen / raw
-    print(f"utilgen_tokens_per_s={utilgen:.2f} raw_tokens_per_s={raw:.2f}")
+    ratios = {}
+    for clock in ("wall", "cpu"):
+        ours = statistics.median(t.rate(clock) for t in runs["utilgen"])
+        raw = statistics.median(t.rate(clock) for t in runs["raw"])
+        ratios[clock] = statistics.median(
+            u.rate(clock) / r.rate(clock) for u, r in zip(runs["utilgen"], runs["raw"],
+                                                          strict=True)
+        )
+        print(f"{clock}_utilgen_tokens_per_s={ours:.2f} {clock}_raw_tokens_per_s={raw:.2f} "
+              f"{clock}_ratio={ratios[clock]:.3f}")
+    ratio = ratios[args.clock]
     print(f"text_generation_ratio={ratio:.3f}")
     return 0 if ratio >= TARGET else 1
 
