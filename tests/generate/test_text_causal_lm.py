@@ -309,3 +309,13 @@ def test_vllm_backend_without_vllm_is_a_one_line_error() -> None:
     cfg = CausalLMConfig(backend="vllm")
     with pytest.raises(ModelNotFoundError, match="pip install vllm"):
         CausalLMGenerator.from_config(cfg, device=CPU, batch_size=1, seed=0)
+
+
+def test_a_model_in_train_mode_generates_without_dropout_and_stays_in_train_mode() -> None:
+    reference = _texts(_generator(), _requests())
+    gen = _generator()
+    for layer in gen.model.model.layers:  # dropout would change every text if it were active
+        layer.self_attn.attention_dropout = 0.5
+    gen.model.train()
+    assert _texts(gen, _requests()) == reference
+    assert gen.model.training

@@ -542,11 +542,18 @@ class CausalLMGenerator:
                 f"exceeds the context of {self.name} ({limit} tokens); shorten the prompt "
                 "(generator.text_prompt.max_example_words) or lower generator.lm.max_new_tokens"
             )
-        out = self.model.generate(
-            **enc,
-            generation_config=self._generation_config(settings),
-            logits_processor=sampling_processors(settings, seeds, self.device),
-        )
+        # A model fresh from a training step (DPO feedback) may be in train mode: generate
+        # without dropout, then hand it back as it was.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                **enc,
+                generation_config=self._generation_config(settings),
+                logits_processor=sampling_processors(settings, seeds, self.device),
+            )
+        finally:
+            self.model.train(was_training)
         new = out[:, prompt_len:].cpu()
         eos = torch.isin(new, torch.tensor(self.eos_token_ids))
         completions = []
