@@ -70,10 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu")
     generator = CausalLMGenerator.from_config(
         CausalLMConfig(model=args.model, max_new_tokens=args.max_new_tokens),
-        device=device, batch_size=args.batch_size, seed=SEED,
+        device=device,
+        batch_size=args.batch_size,
+        seed=SEED,
     )
     requests = fewshot_requests(
-        splits.train, per_class=args.per_class, seed=SEED, round_index=1,
+        splits.train,
+        per_class=args.per_class,
+        seed=SEED,
+        round_index=1,
         cfg=FewShotPromptConfig(template=args.template),
     )
     started = time.perf_counter()
@@ -83,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     kept = filter_texts(samples, [str(t) for t in splits.train.items], TextFilterConfig())
 
     # 3. a real-data judge: MiniLM + linear head on every real training article
-    judge = build_task_model(CLASSIFIER, "text", data.num_classes, full_train.items[:4], device,
-                             seed=SEED)
+    judge = build_task_model(
+        CLASSIFIER, "text", data.num_classes, full_train.items[:4], device, seed=SEED
+    )
     train(judge, full_train, CLASSIFIER, seed=SEED, progress=lambda n: None)
     test_accuracy = evaluate(judge, splits.test)["accuracy"]
 
@@ -96,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         judge, [t for t, k in zip(texts, keep, strict=True) if k], labels[keep], data.class_names
     )
     for name in data.class_names:
-        print(f"fidelity[{name}]={fidelity.per_class[name]:.3f} "
-              f"kept_fidelity[{name}]={kept_fidelity.per_class[name]:.3f}")
-    print(f"generator={generator.name} template={args.template} n_texts={len(samples)} "
-          f"n_kept={int(keep.sum())}")
-    print(f"generation_seconds={seconds:.1f} new_tokens={tokens} "
-          f"tokens_per_s={tokens / seconds:.2f}")
+        print(
+            f"fidelity[{name}]={fidelity.per_class[name]:.3f} "
+            f"kept_fidelity[{name}]={kept_fidelity.per_class[name]:.3f}"
+        )
+    print(
+        f"generator={generator.name} template={args.template} n_texts={len(samples)} "
+        f"n_kept={int(keep.sum())}"
+    )
+    print(
+        f"generation_seconds={seconds:.1f} new_tokens={tokens} tokens_per_s={tokens / seconds:.2f}"
+    )
     print(f"judge_test_accuracy={test_accuracy:.4f} judge_train_size={len(full_train)}")
     print(f"kept_label_fidelity={kept_fidelity.overall:.4f}")
     print(f"label_fidelity={fidelity.overall:.4f}")

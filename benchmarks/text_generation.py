@@ -112,11 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--example-words", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch threads (0: torch's default)"
+        "--clock", choices=["cpu", "wall"], default="cpu", help="clock the target is judged on"
     )
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                        help="clock the target is judged on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     set_quiet(True)
@@ -137,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, name = load_causal_lm(cfg, device)
     settings = SamplingSettings.from_config(cfg)
     gen = CausalLMGenerator(
-        model, tokenizer, name=name, device=device, batch_size=args.batch_size,
+        model,
+        tokenizer,
+        name=name,
+        device=device,
+        batch_size=args.batch_size,
         sampling=settings,
     )
 
@@ -163,21 +166,24 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 timing = _run_raw(model, inputs, settings, pad_id)
             runs[side].append(timing)
-            print(f"repeat={repeat} side={side} tokens={timing.tokens} "
-                  f"wall_s={timing.wall:.2f} cpu_s={timing.cpu:.2f} "
-                  f"wall_tokens_per_s={timing.rate('wall'):.2f} "
-                  f"cpu_tokens_per_s={timing.rate('cpu'):.2f}")
+            print(
+                f"repeat={repeat} side={side} tokens={timing.tokens} "
+                f"wall_s={timing.wall:.2f} cpu_s={timing.cpu:.2f} "
+                f"wall_tokens_per_s={timing.rate('wall'):.2f} "
+                f"cpu_tokens_per_s={timing.rate('cpu'):.2f}"
+            )
 
     ratios = {}
     for clock in ("wall", "cpu"):
         ours = statistics.median(t.rate(clock) for t in runs["utilgen"])
         raw = statistics.median(t.rate(clock) for t in runs["raw"])
         ratios[clock] = statistics.median(
-            u.rate(clock) / r.rate(clock) for u, r in zip(runs["utilgen"], runs["raw"],
-                                                          strict=True)
+            u.rate(clock) / r.rate(clock) for u, r in zip(runs["utilgen"], runs["raw"], strict=True)
         )
-        print(f"{clock}_utilgen_tokens_per_s={ours:.2f} {clock}_raw_tokens_per_s={raw:.2f} "
-              f"{clock}_ratio={ratios[clock]:.3f}")
+        print(
+            f"{clock}_utilgen_tokens_per_s={ours:.2f} {clock}_raw_tokens_per_s={raw:.2f} "
+            f"{clock}_ratio={ratios[clock]:.3f}"
+        )
     ratio = ratios[args.clock]
     print(f"text_generation_ratio={ratio:.3f}")
     return 0 if ratio >= TARGET else 1
