@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from value_helpers import LinearModel, cnn
 
-from utilgen.config.valuation import MetaWeightConfig
+from utilgen.config.valuation import MetaGradient, MetaWeightConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.task import TaskModel
 from utilgen.value import MetaWeight, ValuationError, WeightNet, meta_weight_step
@@ -35,7 +35,10 @@ def test_weight_net_maps_losses_into_unit_interval() -> None:
     assert w.shape == (4,) and bool(((w > 0) & (w < 1)).all())
 
 
-def test_bi_level_step_matches_the_meta_weight_net_formula(digits_small: LabelledData) -> None:
+@pytest.mark.parametrize("meta_gradient", ["forward", "double_backward"])
+def test_bi_level_step_matches_the_meta_weight_net_formula(
+    digits_small: LabelledData, meta_gradient: MetaGradient
+) -> None:
     """The weight net's gradient is  -alpha/n sum_i (grad L_meta(theta') . grad l_i(theta))
     * dV(l_i)/dTheta  (Shu et al. 2019, Eq. 7-8), computed here by hand with per-sample
     gradients; then both nets take plain SGD steps."""
@@ -91,6 +94,7 @@ def test_bi_level_step_matches_the_meta_weight_net_formula(digits_small: Labelle
         optimizer=torch.optim.SGD(net.parameters(), lr=alpha),
         meta_optimizer=torch.optim.SGD(weight_net.parameters(), lr=beta),
         virtual_lr=alpha,
+        meta_gradient=meta_gradient,
     )
     for p, grad in zip(weight_net.parameters(), expected_grads, strict=True):
         assert p.grad is not None
@@ -104,8 +108,9 @@ def test_bi_level_step_matches_the_meta_weight_net_formula(digits_small: Labelle
     assert float(coefficients.abs().max()) > 0  # the meta gradient is not trivially zero
 
 
+@pytest.mark.parametrize("meta_gradient", ["forward", "double_backward"])
 def test_step_updates_every_parameter_and_batch_norm_only_once(
-    digits_small: LabelledData,
+    digits_small: LabelledData, meta_gradient: MetaGradient
 ) -> None:
     model = cnn(digits_small)
     net = model.module()
@@ -130,6 +135,7 @@ def test_step_updates_every_parameter_and_batch_norm_only_once(
         optimizer=torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum),
         meta_optimizer=torch.optim.Adam(weight_net.parameters(), lr=cfg.meta_lr),
         virtual_lr=cfg.lr,
+        meta_gradient=meta_gradient,
     )
     for name, p in net.named_parameters():
         assert not torch.equal(p.detach(), before[name]), f"{name} did not change"
@@ -139,6 +145,51 @@ def test_step_updates_every_parameter_and_batch_norm_only_once(
         torch.testing.assert_close(buffer, reference.state_dict()[name])
     assert bool(((result.weights >= 0) & (result.weights <= 1)).all())
     assert result.weights.shape == (8,) and result.losses.shape == (8,)
+
+
+def test_forward_mode_and_double_backward_agree_on_a_batch_norm_cnn(
+    digits_small: LabelledData,
+) -> None:
+    """The two exact ways of differentiating through the virtual step give the same weight-net
+    gradient on small-cnn (convolutions, batch norm in train mode, every parameter virtual)."""
+    x, y, xm, ym = _batches(digits_small, cnn(digits_small))
+    grads = {}
+    modes: tuple[MetaGradient, ...] = ("forward", "double_backward")
+    for mode in modes:
+        model = cnn(digits_small)
+        net = model.module().train()
+        torch.manual_seed(0)
+        weight_net = WeightNet(100)
+        meta_weight_step(
+            net,
+            weight_net,
+            x,
+            y,
+            xm,
+            ym,
+            optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+            meta_optimizer=torch.optim.SGD(weight_net.parameters(), lr=0.0),
+            virtual_lr=0.1,
+            meta_gradient=mode,
+        )
+        grads[mode] = [p.grad.clone() for p in weight_net.parameters() if p.grad is not None]
+    assert len(grads["forward"]) == 4
+    for a, b in zip(grads["forward"], grads["double_backward"], strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-8)
+    assert max(float(g.abs().max()) for g in grads["forward"]) > 0
+
+
+def test_meta_interval_updates_the_weight_net_every_kth_step(
+    digits_small: LabelledData, digits_other: LabelledData
+) -> None:
+    meta = digits_other.subset(np.arange(0, len(digits_other), 3))
+    every = MetaWeightConfig(epochs=1, batch_size=20, meta_batch_size=20)
+    sparse = every.model_copy(update={"meta_interval": 2})
+    first = train_meta_weighted(cnn(digits_small), digits_small, meta, every, seed=1)
+    second = train_meta_weighted(cnn(digits_small), digits_small, meta, sparse, seed=1)
+    # 4 steps per epoch: with meta_interval 2, steps 2 and 4 leave the weight net as it is
+    assert not np.allclose(first.utilities, second.utilities)
+    assert np.isfinite(second.meta_loss[0])
 
 
 def test_training_gives_utilities_in_unit_interval_deterministically(
