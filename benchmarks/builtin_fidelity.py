@@ -3,10 +3,11 @@
 Recipe: digits, the default 65/15/20 split with seed 0, k_shot=10; the built-in generator
 with its default config is pretrained on the unused training digits and adapted to the 10
 shots per class (fresh, in a temporary cache, so the training time is measured), then
-generates 50 images per class. A small-cnn trained on ALL real training digits (no
-synthetic data) labels them; label fidelity is the share it assigns to the conditioning
-class. Target: fidelity >= 0.8; also reported: training and sampling time (targets ~3 min
-and ~1 min on 2 CPU cores) and the classifier's real test accuracy.
+generates 50 images per class (guidance and steps from the config). A small-cnn trained
+on ALL real training digits (no synthetic data) labels them; label fidelity is the share
+it assigns to the conditioning class. Target: fidelity >= 0.8; also reported: training
+and sampling time (targets ~3 min and ~1 min on 2 CPU cores) and the classifier's real
+test accuracy.
 
     .venv/bin/python benchmarks/builtin_fidelity.py [--per-class 50] [--set adapt_method=full]
 
@@ -55,8 +56,13 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--k-shot", type=int, default=10)
     parser.add_argument("--set", action="append", default=[], help="builtin config key=value")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse a cache (default: fresh)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="reuse a cache (default: fresh)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -65,7 +71,11 @@ def main() -> int:
     splits = split_for_config(data, data_cfg, seed=SEED)
     full_train = stratified_split(data, data_cfg.val_fraction, data_cfg.test_fraction, SEED).train
     assert splits.unused_train is not None
-    print(f"task_train={len(splits.train)} broad={len(splits.unused_train)} full_train={len(full_train)}")
+    print(
+        f"task_train={len(splits.train)} broad={len(splits.unused_train)} "
+        f"full_train={len(full_train)} torch_threads={torch.get_num_threads()} "
+        f"load_average={os.getloadavg()[0]:.1f}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = BuiltinDiffusionConfig(
@@ -101,6 +111,10 @@ def main() -> int:
     for name, value in fidelity.per_class.items():
         print(f"fidelity[{name}]={value:.3f}")
     print(f"generator={generator.name} from_cache={generator.from_cache}")
+    for phase in generator.training.get("phases", []):
+        name = phase["phase"]
+        print(f"{name}_seconds={phase['seconds']:.1f} {name}_steps={phase['steps']}")
+    print(f"load_average_end={os.getloadavg()[0]:.1f}")
     print(f"train_seconds={train_seconds:.1f}")
     print(f"sample_seconds={sample_seconds:.1f} n_samples={len(samples)}")
     print(f"images_per_second={len(samples) / sample_seconds:.1f}")

@@ -115,7 +115,7 @@ def test_generates_png_digits_of_the_training_shape(generator: BuiltinDiffusionG
         assert sample.seed == 3 + i
         assert sample.generator == generator.name
         assert sample.generator.startswith("builtin-diffusion:")
-        assert sample.guidance == 2.0 and sample.steps == STEPS
+        assert sample.guidance == generator.guidance_scale and sample.steps == STEPS
         details = json.loads(sample.details)
         assert details["scheduler"] == "DDIMScheduler"
         assert details["denoising_steps"] == STEPS

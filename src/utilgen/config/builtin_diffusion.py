@@ -25,10 +25,12 @@ class BuiltinDiffusionConfig(Section):
 
     # --- sampling (does not change the trained model, so not part of the cache key) ---
     guidance_scale: float = Field(
-        2.0,
+        1.5,
         ge=0.0,
         description="Classifier-free guidance scale g: eps = eps_null + g (eps_class - "
-        "eps_null); 0 samples unconditionally, 1 disables guidance.",
+        "eps_null); 0 samples unconditionally, 1 disables guidance. Mild guidance suits this "
+        "small pixel-space model: on digits, label fidelity peaks near 1.25-1.5 and falls "
+        "at 2 and above, where strokes saturate (benchmarks/RESULTS.md).",
     )
     steps: int = Field(25, ge=1, description="DDIM sampling steps (eta 0).")
     cache_dir: Path | None = Field(

@@ -97,7 +97,7 @@ class BuiltinDiffusionGenerator:
         *,
         class_names: Sequence[str],
         image_format: ImageFormat,
-        guidance_scale: float = 2.0,
+        guidance_scale: float = 1.5,
         steps: int = 25,
         batch_size: int = 16,
         device: torch.device | str = "cpu",
