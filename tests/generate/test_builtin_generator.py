@@ -10,6 +10,7 @@ reaches the output, not image quality (tests/generate/test_builtin_fidelity.py d
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,25 +228,48 @@ def test_latents_are_the_initial_noise(generator: BuiltinDiffusionGenerator) -> 
     np.testing.assert_array_equal(first, by_seed)
 
 
-def test_latents_allow_gradients_through_sampling(generator: BuiltinDiffusionGenerator) -> None:
-    """ddim_sample is differentiable in the class embedding: UtilGen's prompt-embedding
-    ascent can backpropagate a utility through sampling."""
-    from utilgen.generate.builtin.sampling import ddim_sample, sampling_timesteps
-
+def test_sampling_is_differentiable_in_embeddings_and_noise(
+    generator: BuiltinDiffusionGenerator,
+) -> None:
+    """UtilGen's instance-level optimisation backpropagates a utility through sampling into
+    the prompt (class) embedding and the initial noise."""
     embeds = generator.class_embedding(1)[None].requires_grad_(True)
-    timesteps = sampling_timesteps(generator.scheduler, 3, None)
-    noise = torch.randn(1, *generator.image_format.sample_shape)
-    clean = ddim_sample(
-        generator.model,
-        generator.scheduler,
-        noise,
-        timesteps,
-        embeds,
-        generator.null_embedding()[None],
-        torch.tensor([2.0]),
-    )
+    noise = torch.randn(1, *generator.image_format.sample_shape).requires_grad_(True)
+    clean = generator.sample(noise, embeds, steps=3)
+    assert clean.shape == (1, 1, 8, 8)
     clean.mean().backward()
     assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+    assert noise.grad is not None and noise.grad.abs().sum() > 0
+    generator.model.zero_grad(set_to_none=True)
+
+
+def test_sample_matches_generate(generator: BuiltinDiffusionGenerator) -> None:
+    from utilgen.generate.builtin.pixels import to_images
+
+    noise = torch.randn(
+        generator.image_format.sample_shape, generator=torch.Generator().manual_seed(4)
+    )
+    with torch.no_grad():
+        clean = generator.sample(noise[None], generator.class_embedding(2)[None])
+    np.testing.assert_array_equal(
+        to_images(clean, generator.image_format)[0], one(generator, request(2, seed=4))
+    )
+
+
+def test_prompt_text_is_provenance_only_and_says_so(
+    generator: BuiltinDiffusionGenerator, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = one(generator, request(1, seed=6, prompt="1"))
+    assert "prompt" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="utilgen.generate.builtin"):
+        worded = list(
+            generator.generate(
+                [request(1, seed=6, prompt="a photo of a 1", negative_prompt="blurry")]
+            )
+        )
+    assert "1 request(s) carry prompt or negative-prompt text" in caplog.text
+    np.testing.assert_array_equal(decode_image(worded[0].payload), plain)
+    assert worded[0].prompt == "a photo of a 1" and worded[0].negative_prompt == "blurry"
 
 
 # ---- img2img ----

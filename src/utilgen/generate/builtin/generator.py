@@ -256,31 +256,90 @@ class BuiltinDiffusionGenerator:
             "denoising_steps": len(timesteps),
         }
 
+    def sample(
+        self,
+        noise: torch.Tensor,
+        cond: torch.Tensor,
+        *,
+        null: torch.Tensor | None = None,
+        guidance: float | torch.Tensor | None = None,
+        steps: int | None = None,
+        init: torch.Tensor | None = None,
+        strength: float | None = None,
+    ) -> torch.Tensor:
+        """Denoise a batch in model space; differentiable in ``noise``, ``cond`` and ``null``.
+
+        This is what :meth:`generate` runs (under ``torch.no_grad``); called directly with
+        gradients on, it lets UtilGen's instance-level optimisation backpropagate a utility
+        into prompt embeddings or initial noise.
+
+        Args:
+            noise: (n, C, S, S) initial noise (``image_format.sample_shape`` per row).
+            cond: (n, d) class embeddings (table rows or optimised vectors).
+            null: (n, d) unconditional embeddings; None uses the null-class row.
+            guidance: scale, scalar or (n,); None uses :attr:`guidance_scale`.
+            steps: DDIM steps; None uses :attr:`steps`.
+            init, strength: img2img: (n, C, S, S) images in [-1, 1] and the strength.
+
+        Returns:
+            Clean samples (n, C, S, S) in [-1, 1] on :attr:`device` (``init`` itself when no
+            denoising step remains).
+        """
+        n = len(noise)
+        steps = self.steps if steps is None else steps
+        guidance = self.guidance_scale if guidance is None else guidance
+        scales = torch.as_tensor(guidance, dtype=torch.float32, device=self.device).expand(n)
+        if null is None:
+            null = self.model.class_embeddings.weight[self.model.null_label].expand(n, -1)
+        timesteps = sampling_timesteps(
+            self.scheduler, steps, strength if init is not None else None
+        )
+        if init is None:
+            start = noise.to(self.device) * self.scheduler.init_noise_sigma
+        elif len(timesteps) == 0:
+            return init.to(self.device)
+        else:
+            start = noised_init(
+                self.scheduler, init.to(self.device), noise.to(self.device), timesteps
+            )
+        return ddim_sample(
+            self.model,
+            self.scheduler,
+            start,
+            timesteps,
+            cond.to(self.device),
+            null.to(self.device),
+            scales,
+        )
+
     @torch.no_grad()
     def _generate_batch(
         self, batch: list[tuple[GenerationRequest, int]]
     ) -> tuple[list[np.ndarray], torch.Tensor]:
         """uint8 images of one batch, and the timesteps they were denoised along."""
-        first = batch[0][0]
-        _, steps, strength = self._settings(first)
+        _, steps, strength = self._settings(batch[0][0])
         timesteps = sampling_timesteps(self.scheduler, steps, strength)
         if strength is not None and len(timesteps) == 0:
-            # No denoising step remains (strength * steps < 1): the init image is the output.
-            return [
+            # No denoising step remains (strength * steps < 1): the init image is the output,
+            # unchanged (no round trip through a resize).
+            images = [
                 to_output_format(np.asarray(r.init_image), self.image_format) for r, _ in batch
-            ], timesteps
-        noise = torch.stack([self._noise(r, i) for r, i in batch])
+            ]
+            return images, timesteps
         conds, nulls = zip(*(self._embeds(r) for r, _ in batch), strict=True)
-        cond = torch.cat(conds).to(self.device)
-        null = torch.cat(nulls).to(self.device)
-        guidance = torch.tensor([self._settings(r)[0] for r, _ in batch], device=self.device)
-        if strength is None:
-            start = noise * self.scheduler.init_noise_sigma
-        else:
-            init = to_model_space([np.asarray(r.init_image) for r, _ in batch], self.image_format)
-            start = noised_init(self.scheduler, init, noise, timesteps.cpu())
-        clean = ddim_sample(
-            self.model, self.scheduler, start.to(self.device), timesteps, cond, null, guidance
+        init = (
+            None
+            if strength is None
+            else to_model_space([np.asarray(r.init_image) for r, _ in batch], self.image_format)
+        )
+        clean = self.sample(
+            torch.stack([self._noise(r, i) for r, i in batch]),
+            torch.cat(conds),
+            null=torch.cat(nulls),
+            guidance=torch.tensor([self._settings(r)[0] for r, _ in batch]),
+            steps=steps,
+            init=init,
+            strength=strength,
         )
         return to_images(clean, self.image_format), timesteps
 
@@ -299,6 +358,14 @@ class BuiltinDiffusionGenerator:
         requests = list(requests)
         for request in requests:
             self._check(request)
+        texts = sum(1 for r in requests if r.negative_prompt or r.prompt not in ("", r.class_name))
+        if texts:
+            log.warning(
+                "built-in generator: %d request(s) carry prompt or negative-prompt text, which "
+                "this class-conditional model cannot read; it is kept as provenance only "
+                "(condition with the label, prompt_embeds or negative_prompt_embeds)",
+                texts,
+            )
         return self._generate(requests, round_index=round_index, progress=progress)
 
     def _generate(

@@ -36,7 +36,7 @@ def guided_noise(
     n = len(sample)
     both = model(torch.cat([sample, sample]), timestep, torch.cat([cond, null]))
     eps_cond, eps_null = both[:n], both[n:]
-    g = guidance.to(sample.dtype).view(n, 1, 1, 1)
+    g = guidance.to(sample.dtype).reshape(n, 1, 1, 1)
     return eps_null + g * (eps_cond - eps_null)
 
 
