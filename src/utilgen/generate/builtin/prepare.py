@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
 from utilgen.config import BuiltinDiffusionConfig
 from utilgen.data.labelled import LabelledData
@@ -52,8 +53,8 @@ def train_builtin_generator(
     trained on ``task_train`` only (and not adapted again)."""
     # 1. data: images in [-1, 1] at the UNet's working size
     _check_data(task_train, broad)
-    has_broad = broad is not None and len(broad) > 0
-    every_item = task_train.items + (broad.items if has_broad and broad is not None else ())
+    broad_data = broad if broad is not None and len(broad) > 0 else None
+    every_item = task_train.items + (broad_data.items if broad_data is not None else ())
     fmt = image_format(
         [np.asarray(x) for x in every_item], len(cfg.block_out_channels), cfg.image_size
     )
@@ -66,13 +67,20 @@ def train_builtin_generator(
         model = ClassConditionalUNet(
             build_unet(cfg, fmt.channels, fmt.size), task_train.num_classes
         ).to(device)
+        log.info(
+            "built-in diffusion: training a %.2f M-parameter UNet2DModel on %dx%dx%d images",
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            fmt.size,
+            fmt.size,
+            fmt.channels,
+        )
         generator = torch.Generator().manual_seed(seed)
         ddpm = ddpm_scheduler(cfg)
 
         # 3. pretrain on the broad split (or, without one, on the task's samples)
-        if has_broad and broad is not None:
-            broad_images = to_model_space([np.asarray(x) for x in broad.items], fmt)
-            broad_labels = torch.as_tensor(broad.labels, dtype=torch.long)
+        if broad_data is not None:
+            broad_images = to_model_space([np.asarray(x) for x in broad_data.items], fmt)
+            broad_labels = torch.as_tensor(broad_data.labels, dtype=torch.long)
             stats = [
                 pretrain(model, ddpm, broad_images, broad_labels, cfg, generator, progress=progress)
             ]
@@ -91,8 +99,6 @@ def train_builtin_generator(
             ]
 
     # 5. DDIM sampling on the training noise schedule
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
     return BuiltinDiffusionGenerator(
         model,
         DDIMScheduler.from_config(ddpm.config),
@@ -104,7 +110,7 @@ def train_builtin_generator(
         device=device,
         training={
             "phases": [s.as_dict() for s in stats],
-            "adapt_method": cfg.adapt_method if has_broad else "none",
+            "adapt_method": cfg.adapt_method if len(stats) > 1 else "none",
             "seed": seed,
             "config": cfg.training_fields(),
         },

@@ -104,6 +104,10 @@ def lr_factor(step: int, warmup: int, total: int, cosine: bool) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _no_progress(n: int) -> None:
+    """The ``advance`` of a run without a progress bar."""
+
+
 def train_denoiser(
     model: ClassConditionalUNet,
     scheduler: DDPMScheduler,
@@ -187,10 +191,6 @@ def train_denoiser(
         stats.seconds,
     )
     return stats
-
-
-def _no_progress(n: int) -> None:
-    """The ``advance`` of a run without a progress bar."""
 
 
 def pretrain(
