@@ -22,7 +22,7 @@ DEMO_DATASETS = ("digits", "bbc-news")
 
 # --fast generates fewer samples (SmolLM2 writes a few texts a second on a laptop CPU).
 FAST_STATIC: dict[str, tuple[str, ...]] = {
-    "digits": ("generator.per_class=20",),
+    "digits": (),
     "bbc-news": ("generator.per_class=4", "generator.lm.max_new_tokens=64"),
 }
 
