@@ -38,7 +38,8 @@ class DemoEntry:
 
 
 def demo_plan(fast: bool) -> list[DemoEntry]:
-    """The runs of the demo; ``fast`` trims BBC News (the slow part) to end in under 3 minutes."""
+    """The runs of the demo; ``fast`` trims BBC News (MiniLM encoding and SmolLM2 writing are
+    the slow parts on CPU) and generates fewer texts."""
     plan: list[DemoEntry] = []
     for dataset in DEMO_DATASETS:
         preset = f"{dataset}-real-only"
