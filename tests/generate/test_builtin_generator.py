@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from digits3 import digits_of_three_classes
 
 from utilgen.config import BuiltinDiffusionConfig
 from utilgen.data.bundled import load_digits
@@ -63,16 +64,8 @@ def _quiet() -> Iterator[None]:
 def digits12() -> LabelledData:
     """Four digits of each of the classes 0, 1, 2 (8x8 grey), with their 3 class names."""
     digits = load_digits()
-    idx = np.sort(np.concatenate([np.flatnonzero(digits.labels == c)[:4] for c in range(3)]))
-    part = digits.subset(idx)
-    return LabelledData(
-        modality="image",
-        items=part.items,
-        labels=part.labels,
-        class_names=("0", "1", "2"),
-        ids=part.ids,
-        name="digits3",
-    )
+    idx = np.concatenate([np.flatnonzero(digits.labels == c)[:4] for c in range(3)])
+    return digits_of_three_classes(digits, idx)
 
 
 @pytest.fixture(scope="module")

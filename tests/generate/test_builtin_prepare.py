@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from digits3 import digits_of_three_classes
 
 from utilgen.config import BuiltinDiffusionConfig, config_from_dict
 from utilgen.data.bundled import load_digits
@@ -55,25 +56,13 @@ def _quiet_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     set_quiet(was)
 
 
-def _with_classes(data: LabelledData, idx: np.ndarray) -> LabelledData:
-    part = data.subset(np.sort(idx))
-    return LabelledData(
-        modality="image",
-        items=part.items,
-        labels=part.labels,
-        class_names=("0", "1", "2"),
-        ids=part.ids,
-        name="digits3",
-    )
-
-
 @pytest.fixture(scope="module")
 def task_and_broad() -> tuple[LabelledData, LabelledData]:
     """3 shots per class of the digits 0-2, and 10 further digits per class as broad data."""
     digits = load_digits()
     members = [np.flatnonzero(digits.labels == c) for c in range(3)]
-    task = _with_classes(digits, np.concatenate([m[:3] for m in members]))
-    broad = _with_classes(digits, np.concatenate([m[3:13] for m in members]))
+    task = digits_of_three_classes(digits, np.concatenate([m[:3] for m in members]))
+    broad = digits_of_three_classes(digits, np.concatenate([m[3:13] for m in members]))
     return task, broad
 
 
