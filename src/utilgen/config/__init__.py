@@ -27,7 +27,13 @@ from utilgen.config.load import (
     resolve_config,
     save_config,
 )
-from utilgen.config.loop import FeedbackConfig, LoopConfig
+from utilgen.config.feedback import (
+    DiffusionDPOConfig,
+    FeedbackConfig,
+    LMDPOConfig,
+    PreferencePairConfig,
+)
+from utilgen.config.loop import LoopConfig
 from utilgen.config.run import RunConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig, TaskModelName
@@ -49,11 +55,14 @@ __all__ = [
     "DataConfig",
     "DataSource",
     "DiffusersConfig",
+    "DiffusionDPOConfig",
     "FeedbackConfig",
     "FewShotPromptConfig",
     "GeneratorConfig",
     "GeneratorKind",
+    "LMDPOConfig",
     "LoopConfig",
+    "PreferencePairConfig",
     "RunConfig",
     "ScoreName",
     "Section",

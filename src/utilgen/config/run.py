@@ -6,7 +6,8 @@ from pydantic import Field, model_validator
 
 from utilgen.config.data import DataConfig
 from utilgen.config.generator import GeneratorConfig
-from utilgen.config.loop import FeedbackConfig, LoopConfig
+from utilgen.config.feedback import FeedbackConfig
+from utilgen.config.loop import LoopConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig
 from utilgen.config.valuation import ValuationConfig
@@ -33,4 +34,22 @@ class RunConfig(Section):
             raise ValueError(
                 f"generator.kind={self.generator.kind} needs loop.rounds=1 to generate"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _feedback_fits(self) -> RunConfig:
+        if not self.feedback.components:
+            return self
+        if self.loop.rounds < 2:
+            raise ValueError(
+                f"feedback.components {self.feedback.components} act between rounds; set "
+                "loop.rounds to 2 or more"
+            )
+        if "dpo" in self.feedback.components:
+            score = self.feedback.pairs.score
+            if score not in self.valuation.scores:
+                raise ValueError(
+                    f"feedback.pairs.score={score!r} is not among valuation.scores "
+                    f"{self.valuation.scores}; add it there or pick one of them"
+                )
         return self
