@@ -14,7 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import mannwhitneyu
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.data import LabelledData
@@ -167,3 +169,34 @@ def test_valuation_scores_and_selection_shape_the_training_set(tmp_path: Path) -
         low = group.sort_values("utility_r001_marginal")["kept"].iloc[0]
         assert not low, f"class {label}: the lowest-marginal sample was kept"
     assert kept_marginal.min() >= dropped["utility_r001_marginal"].min()
+
+
+def test_two_rounds_compare_their_utility_in_feedback_effect(tmp_path: Path) -> None:
+    base = _prepared()
+    config = base.config.model_copy(deep=True)
+    config.loop.rounds = 2
+    config.valuation = type(config.valuation).model_validate({"scores": ["marginal", "margin"]})
+    prepared = replace(base, config=config)
+    run_dir = tmp_path / "two"
+    summary = run(config, run_dir, prepared=prepared).summary
+    frame = PoolStore(run_dir).manifest()
+    synthetic = frame[frame["source"] == "synthetic"]
+    # round 2 draws its own requests: new ids and seeds, the same number per class
+    by_round = synthetic.groupby("round")
+    assert sorted(by_round.groups) == [1, 2]
+    assert by_round.size().tolist() == [PER_CLASS * 10, PER_CLASS * 10]
+    assert set(synthetic[synthetic["round"] == 1]["seed"]).isdisjoint(
+        set(synthetic[synthetic["round"] == 2]["seed"])
+    )
+    effect = json.loads((run_dir / "feedback_effect.json").read_text())
+    assert summary["feedback_effect"]["tests"].keys() == {"marginal", "margin"}
+    assert [r["round"] for r in effect["rounds"]] == [1, 2]
+    scores1 = pd.read_parquet(run_dir / "rounds/001/scores.parquet")
+    scores2 = pd.read_parquet(run_dir / "rounds/002/scores.parquet")
+    test = effect["tests"]["marginal"]
+    assert test["mean_first"] == pytest.approx(scores1["marginal"].mean())
+    assert test["mean_last"] == pytest.approx(scores2["marginal"].mean())
+    expected = mannwhitneyu(scores2["marginal"], scores1["marginal"], alternative="greater")
+    assert test["p_one_sided"] == pytest.approx(expected.pvalue)
+    assert (run_dir / "feedback_effect.png").stat().st_size > 1000
+    assert summary["rounds"] == 3  # stage 1 and two generation rounds

@@ -2,10 +2,15 @@
 
 A run reads and writes one run directory (shared/DESIGN.md). Stage 1 (round 000) is the
 same for every method: put the real data in the pool, train the task model on the real
-training split with a checkpoint per epoch, evaluate. With a generator configured, round 001
-is the ``static`` strategy (Real-Fake / U-DPO's baseline): generate ``per_class`` samples per
-class, filter texts, measure label fidelity with the stage-1 classifier, retrain on real +
-kept synthetic, evaluate. Feedback rounds plug in after it as their issues land.
+training split with a checkpoint per epoch, evaluate. With a generator configured, every
+round r = 1..``loop.rounds`` generates ``per_class`` new samples per class (fresh seeds and
+prompts per round), filters texts, measures label fidelity and utility with the stage-1
+classifier (the same judge every round, so rounds compare), retrains a fresh task model on
+real + round r's kept synthetic samples and evaluates. One round with no feedback is the
+``static`` strategy (Real-Fake / U-DPO's baseline). Between rounds the feedback components
+update the generator: ``dpo`` fine-tunes it on round r's utility-ranked preference pairs
+(U-DPO, Diffusion-DPO) before round r+1 generates. With two or more rounds the run ends
+with ``feedback_effect.json`` and a plot comparing the rounds' utility distributions.
 
 Every step checks whether its output already exists, so re-running the same command after
 a crash continues where the last finished step left off.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ from utilgen.generate.factory import build_generator, static_requests
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
 from utilgen.pool import PoolStore, samples_from_labelled
 from utilgen.report import write_run_report
+from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.task import (
     TaskModel,
     build_task_model,
@@ -208,21 +215,34 @@ def _summary(config: RunConfig, metrics: dict[str, Any], data_name: str) -> dict
     }
 
 
+def _round_metrics(run_dir: Path, round_index: int) -> dict[str, Any] | None:
+    """A finished round's metrics, None if it has not finished."""
+    path = round_dir(run_dir, round_index) / "metrics.json"
+    if not path.exists():
+        return None
+    metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return metrics
+
+
 def _generation_round(
-    prepared: Prepared, store: PoolStore, run_dir: Path, round_index: int
+    prepared: Prepared,
+    generator: Generator,
+    store: PoolStore,
+    run_dir: Path,
+    round_index: int,
 ) -> dict[str, Any]:
     out = round_dir(run_dir, round_index)
-    metrics_path = out / "metrics.json"
-    if metrics_path.exists():
-        metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
-        return metrics
-    if prepared.generator is None:
-        raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
     cfg = prepared.config
     judge, judge_checkpoints = stage1_judge(
         build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
     )
-    inputs = RoundInputs(cfg, prepared.splits, prepared.generator, prepared.requests)
+    if round_index == 1:
+        requests: Sequence[GenerationRequest] = prepared.requests
+    else:
+        requests = static_requests(
+            cfg.generator, splits=prepared.splits, seed=cfg.seed, round_index=round_index
+        )
+    inputs = RoundInputs(cfg, prepared.splits, generator, requests)
     metrics = run_generation_round(
         inputs,
         store,
@@ -232,7 +252,33 @@ def _generation_round(
         student=build_model(cfg, prepared.splits),
         out=out,
     )
-    write_json_atomic(metrics_path, metrics)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _generation_rounds(
+    prepared: Prepared, store: PoolStore, run_dir: Path, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Rounds 1..loop.rounds, each skipped when finished; feedback between rounds. Returns
+    the last round's metrics."""
+    cfg = prepared.config
+    generator = prepared.generator
+    fed_back = 0  # rounds whose feedback the generator carries
+    for round_index in range(1, cfg.loop.rounds + 1):
+        done = _round_metrics(run_dir, round_index)
+        if done is not None:
+            metrics = done
+            continue
+        if generator is None:
+            raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
+        if "dpo" in cfg.feedback.components:
+            from utilgen.feedback.model_level import apply_model_feedback
+
+            # Rounds 1..r-1's feedback, in order: trained once, restored on resume.
+            for earlier in range(fed_back + 1, round_index):
+                generator = apply_model_feedback(generator, store, cfg, run_dir, earlier)
+            fed_back = round_index - 1
+        metrics = _generation_round(prepared, generator, store, run_dir, round_index)
     return metrics
 
 
@@ -244,7 +290,8 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
     2. lock the run directory and write the resolved config
     3. stage 1: real samples into the pool
     4. stage 1: train on real data with a checkpoint per epoch, evaluate
-    5. rounds 1..loop.rounds: generate, filter, judge label fidelity, retrain, evaluate
+    5. rounds 1..loop.rounds: (feedback from the previous round,) generate, filter, judge
+       label fidelity and utility, retrain, evaluate
     6. summary.json and report.md
     """
     run_dir = Path(run_dir)
@@ -268,12 +315,13 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
             metrics = _train_and_evaluate(prepared, out)
             write_json_atomic(metrics_path, metrics)
 
-        # 5. generation rounds
-        for round_index in range(1, config.loop.rounds + 1):
-            metrics = _generation_round(prepared, store, run_dir, round_index)
+        # 5. generation rounds, feedback between them
+        metrics = _generation_rounds(prepared, store, run_dir, metrics)
 
         # 6. summary and report, written last
         summary = _summary(config, metrics, prepared.splits.train.name)
+        if config.loop.rounds >= 2:
+            summary["feedback_effect"] = write_feedback_effect(run_dir, config)
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir)
     return RunResult(run_dir=run_dir, summary=summary)

@@ -1,0 +1,219 @@
+"""Model-level feedback (component ``dpo``): utility-ranked pairs fine-tune the generator.
+
+Between round r and round r+1 (:func:`apply_model_feedback`):
+
+1. the round's kept samples, ranked by ``feedback.pairs.score`` from its
+   ``rounds/NNN/scores.parquet``, become preference pairs (``rounds/NNN/pairs.parquet``);
+2. the generator is fine-tuned on them: U-DPO for a causal LM (a LoRA adapter, merged into
+   the weights afterwards so that the next round's DPO starts from the updated policy as
+   its reference), Diffusion-DPO for the built-in diffusion model or a diffusers pipeline;
+3. everything is written to ``rounds/NNN/adapters/dpo/`` with ``result.json`` last.
+
+A resumed run finds ``result.json`` and re-applies the saved adapter or weights instead of
+training again (:func:`restore_model_feedback`), so the generator of round r+1 is the same
+whether or not the run was interrupted. Every later sample names the adapter in its
+``generator`` provenance (``...+lora:<hash>``, or the built-in model's new fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from utilgen.config import RunConfig
+from utilgen.errors import UtilgenError
+from utilgen.feedback.pairs import build_pairs, pairs_path, read_pairs, write_pairs
+from utilgen.generate import Generator
+from utilgen.pool import PoolStore
+from utilgen.pool.payload import decode_image, decode_text
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+def feedback_dir(run_dir: Path, round_index: int) -> Path:
+    """``RUN/rounds/NNN/adapters/dpo``: what round ``round_index``'s feedback trained."""
+    return run_dir / "rounds" / f"{round_index:03d}" / "adapters" / "dpo"
+
+
+def scored_table(store: PoolStore, run_dir: Path, round_index: int, score: str) -> pd.DataFrame:
+    """The round's scored samples: id, label, class_name, prompt and ``utility`` = ``score``."""
+    from utilgen.value.record import scores_path
+
+    path = scores_path(run_dir, round_index)
+    if not path.exists():
+        raise UtilgenError(
+            f"feedback needs the scores of round {round_index} ({path} is missing); "
+            "set valuation.scores"
+        )
+    scores = pd.read_parquet(path)
+    if score not in scores.columns:
+        raise UtilgenError(
+            f"{path} has no {score!r} column (it has {[c for c in scores.columns if c != 'id']}); "
+            "set feedback.pairs.score to one of valuation.scores"
+        )
+    manifest = store.manifest().set_index("id")
+    rows = manifest.loc[scores["id"], ["label", "class_name", "prompt"]].reset_index()
+    rows["utility"] = scores[score].to_numpy()
+    return rows
+
+
+def round_pairs(
+    store: PoolStore, config: RunConfig, run_dir: Path, round_index: int
+) -> pd.DataFrame:
+    """Round ``round_index``'s preference pairs, built once and read back on resume."""
+    path = pairs_path(run_dir, round_index)
+    if path.exists():
+        return read_pairs(path)
+    table = scored_table(store, run_dir, round_index, config.feedback.pairs.score)
+    modality = store.modality or "image"
+    pairs = build_pairs(table, config.feedback.pairs, modality=modality)
+    write_pairs(pairs, path)
+    log.info(
+        "round %d: %d preference pairs (%s, mean weight %.3f)",
+        round_index,
+        len(pairs),
+        config.feedback.pairs.scheme,
+        float(pairs["weight"].mean()),
+    )
+    return pairs
+
+
+def _payloads(store: PoolStore, ids: list[str]) -> dict[str, bytes]:
+    return {s.id: s.payload for s in store.samples(sorted(set(ids)))}
+
+
+def _text_pairs(store: PoolStore, pairs: pd.DataFrame) -> list[Any]:
+    from utilgen.feedback.lm_dpo import TextPair
+
+    payload = _payloads(store, [*pairs["chosen_id"], *pairs["rejected_id"]])
+    return [
+        TextPair(
+            prompt=str(row.prompt),
+            chosen=decode_text(payload[row.chosen_id]),
+            rejected=decode_text(payload[row.rejected_id]),
+            weight=float(row.weight),
+            chosen_id=str(row.chosen_id),
+            rejected_id=str(row.rejected_id),
+        )
+        for row in pairs.itertuples()
+    ]
+
+
+def _image_pairs(store: PoolStore, pairs: pd.DataFrame) -> list[Any]:
+    from utilgen.feedback.diffusion_dpo import ImagePair
+
+    payload = _payloads(store, [*pairs["chosen_id"], *pairs["rejected_id"]])
+
+    def image(sample_id: str) -> Image.Image:
+        return Image.fromarray(decode_image(payload[sample_id]))
+
+    return [
+        ImagePair(
+            label=int(row.label),
+            prompt=str(row.prompt),
+            chosen=image(str(row.chosen_id)),
+            rejected=image(str(row.rejected_id)),
+            weight=float(row.weight),
+            chosen_id=str(row.chosen_id),
+            rejected_id=str(row.rejected_id),
+        )
+        for row in pairs.itertuples()
+    ]
+
+
+def _merge_lm_adapter(generator: Any, model: Any, tag: str) -> None:
+    """Put the DPO-trained peft ``model`` into ``generator`` with its adapter merged, and add
+    the adapter's tag to the generator's provenance name."""
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    merged.eval()
+    generator.model = merged
+    generator.name = f"{generator.name}+{tag}"
+
+
+def apply_model_feedback(
+    generator: Generator, store: PoolStore, config: RunConfig, run_dir: Path, round_index: int
+) -> Generator:
+    """Fine-tune ``generator`` on round ``round_index``'s preference pairs (or, when the run
+    directory already holds the result, restore it); returns the generator for the next
+    round (the same object, updated, except for the built-in generator on resume)."""
+    out = feedback_dir(run_dir, round_index)
+    if (out / RESULT_FILE).exists():
+        return restore_model_feedback(generator, config, run_dir, round_index)
+    pairs = round_pairs(store, config, run_dir, round_index)
+    kind = config.generator.kind
+    seed = config.seed + round_index
+    if kind == "causal-lm":
+        from utilgen.feedback.lm_dpo import train_lm_dpo
+
+        lm: Any = generator
+        result = train_lm_dpo(
+            lm.model,
+            lm.tokenizer,
+            _text_pairs(store, pairs),
+            config.feedback.dpo,
+            out_dir=out,
+            seed=seed,
+            format_prompt=lm.format_prompt,
+        )
+        _merge_lm_adapter(lm, result.model, result.tag)
+        return generator
+    if kind == "builtin-diffusion":
+        from utilgen.feedback.diffusion_dpo import train_builtin_diffusion_dpo
+
+        train_builtin_diffusion_dpo(
+            generator,
+            _image_pairs(store, pairs),
+            config.feedback.diffusion_dpo,
+            out_dir=out,
+            seed=seed,
+        )
+        return generator
+    if kind == "diffusers":
+        from utilgen.feedback.diffusion_dpo import train_diffusers_dpo
+
+        train_diffusers_dpo(
+            generator,
+            _image_pairs(store, pairs),
+            config.feedback.diffusion_dpo,
+            out_dir=out,
+            seed=seed,
+        )
+        return generator
+    raise UtilgenError(f"feedback component dpo does not support generator.kind={kind}")
+
+
+def restore_model_feedback(
+    generator: Generator, config: RunConfig, run_dir: Path, round_index: int
+) -> Generator:
+    """Re-apply what round ``round_index``'s feedback saved (a resumed run)."""
+    out = feedback_dir(run_dir, round_index)
+    result = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+    kind = config.generator.kind
+    log.info("round %d: restoring the DPO feedback saved in %s", round_index, out)
+    if kind == "causal-lm":
+        from utilgen.generate.causal_lm import load_adapter
+
+        lm: Any = generator
+        model, tag = load_adapter(lm.model, str(out / "adapter"), merge=False)
+        _merge_lm_adapter(lm, model, tag)
+        return generator
+    if kind == "builtin-diffusion":
+        from utilgen.generate.builtin import BuiltinDiffusionGenerator
+
+        builtin: Any = generator
+        restored = BuiltinDiffusionGenerator.from_pretrained(
+            out / "generator", device=builtin.device
+        )
+        return restored
+    if kind == "diffusers":
+        diffusers: Any = generator
+        diffusers.load_lora(out / str(result.get("lora_file", "lora")))
+        return generator
+    raise UtilgenError(f"feedback component dpo does not support generator.kind={kind}")

@@ -1,0 +1,151 @@
+"""Did feedback make the generator's samples more useful? Rounds compared in a run directory.
+
+Every round's samples are scored by the same stage-1 classifier, so the score distributions
+of round 1 (before any feedback) and of the last round (after it) compare directly. For
+each score (``rounds/NNN/scores.parquet``) :func:`feedback_effect` reports per round the
+count, mean and median, and the one-sided Mann-Whitney U test that the last round's scores
+are stochastically greater than round 1's; label fidelity per round comes from the rounds'
+``metrics.json``. :func:`write_feedback_effect` writes ``RUN/feedback_effect.json`` and
+``RUN/feedback_effect.png`` (one histogram panel per score, rounds overlaid).
+
+Scores that are fit afresh on each round's samples (``meta_weight``: a weight net trained on
+that round; ``vog``, ``composite``: normalised per class within the round) are relative
+within a round; their comparison across rounds is reported but only the absolute scores
+(``marginal``, ``margin``, ``entropy``, ``loss``, ``similarity``) measure a shift.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from utilgen.atomic import write_bytes_atomic, write_json_atomic
+from utilgen.config import RunConfig
+
+EFFECT_JSON = "feedback_effect.json"
+EFFECT_PLOT = "feedback_effect.png"
+ABSOLUTE_SCORES = ("marginal", "margin", "entropy", "loss", "similarity")
+LOWER_IS_BETTER = ("entropy", "loss")
+
+
+def _round_dirs(run_dir: Path, rounds: int) -> list[tuple[int, Path]]:
+    return [(r, run_dir / "rounds" / f"{r:03d}") for r in range(1, rounds + 1)]
+
+
+def _scores(path: Path) -> pd.DataFrame | None:
+    file = path / "scores.parquet"
+    return pd.read_parquet(file) if file.exists() else None
+
+
+def mann_whitney_greater(after: np.ndarray, before: np.ndarray) -> tuple[float, float]:
+    """(U statistic, one-sided p) for "``after`` is stochastically greater than ``before``";
+    (nan, nan) when either side has no sample."""
+    if not len(after) or not len(before):
+        return math.nan, math.nan
+    result = mannwhitneyu(after, before, alternative="greater")
+    return float(result.statistic), float(result.pvalue)
+
+
+def feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
+    """Per-round score statistics, label fidelity and the first-vs-last round tests."""
+    run_dir = Path(run_dir)
+    per_round: list[dict[str, Any]] = []
+    frames: dict[int, pd.DataFrame] = {}
+    for r, path in _round_dirs(run_dir, config.loop.rounds):
+        metrics_file = path / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        entry: dict[str, Any] = {
+            "round": r,
+            "generator": metrics.get("generator", ""),
+            "label_fidelity": (metrics.get("label_fidelity") or {}).get("overall"),
+            "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
+        }
+        frame = _scores(path)
+        if frame is not None:
+            frames[r] = frame
+            entry["n_scored"] = len(frame)
+            for name in frame.columns:
+                if name == "id":
+                    continue
+                values = frame[name].to_numpy(dtype=np.float64)
+                entry[f"{name}_mean"] = float(values.mean()) if len(values) else math.nan
+                entry[f"{name}_median"] = float(np.median(values)) if len(values) else math.nan
+        per_round.append(entry)
+    first, last = 1, config.loop.rounds
+    tests: dict[str, dict[str, Any]] = {}
+    if first in frames and last in frames:
+        for name in frames[first].columns:
+            if name == "id" or name not in frames[last].columns:
+                continue
+            before = frames[first][name].to_numpy(dtype=np.float64)
+            after = frames[last][name].to_numpy(dtype=np.float64)
+            if name in LOWER_IS_BETTER:  # test for an improvement: lower entropy / loss
+                before, after = -before, -after
+            u, p = mann_whitney_greater(after, before)
+            tests[name] = {
+                "first_round": first,
+                "last_round": last,
+                "mean_first": float(frames[first][name].mean()),
+                "mean_last": float(frames[last][name].mean()),
+                "improvement": "lower" if name in LOWER_IS_BETTER else "higher",
+                "mann_whitney_u": u,
+                "p_one_sided": p,
+                "absolute": name in ABSOLUTE_SCORES,
+            }
+    fidelity = [e["label_fidelity"] for e in per_round]
+    return {
+        "rounds": per_round,
+        "tests": tests,
+        "label_fidelity_first": fidelity[0] if fidelity else None,
+        "label_fidelity_last": fidelity[-1] if fidelity else None,
+        "feedback": list(config.feedback.components),
+        "pair_score": config.feedback.pairs.score,
+    }
+
+
+def plot_feedback_effect(run_dir: Path, rounds: int, path: Path) -> Path | None:
+    """Histograms of every score, rounds overlaid; None when no round was scored."""
+    frames = {r: f for r, p in _round_dirs(run_dir, rounds) if (f := _scores(p)) is not None}
+    if not frames:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c for c in next(iter(frames.values())).columns if c != "id"]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        values = [f[name].to_numpy(dtype=np.float64) for f in frames.values() if name in f]
+        lo = min(float(v.min()) for v in values if len(v))
+        hi = max(float(v.max()) for v in values if len(v))
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
+        for r, frame in frames.items():
+            if name in frame:
+                v = frame[name].to_numpy(dtype=np.float64)
+                ax.hist(v, bins=bins, alpha=0.5, label=f"round {r} (mean {v.mean():.3f})")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
+    """Write ``feedback_effect.json`` and ``feedback_effect.png``; returns the JSON's content."""
+    run_dir = Path(run_dir)
+    effect = feedback_effect(run_dir, config)
+    plot = plot_feedback_effect(run_dir, config.loop.rounds, run_dir / EFFECT_PLOT)
+    effect["plot"] = plot.name if plot is not None else None
+    write_json_atomic(run_dir / EFFECT_JSON, effect)
+    return effect
