@@ -457,3 +457,60 @@ def test_diffusers_dpo_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(FeedbackError, match="no preference pairs"):
         train_diffusers_dpo(gen, [], dpo_cfg(), out_dir=tmp_path / "o", seed=0)
     assert not (tmp_path / "o").exists() and gen.name == "tiny-sd"
+
+
+# 5. two processes (DDP on CPU) ------------------------------------------------------------
+
+WORKER = """
+import os, sys
+from pathlib import Path
+sys.path[:0] = [{feedback!r}, {generate!r}]
+import torch
+import test_diffusion_dpo as T
+from utilgen.progress import set_quiet
+set_quiet(True)
+out, rank = Path(sys.argv[1]), os.environ["RANK"]
+for method in ("lora", "full"):
+    gen = T.tiny_builtin()
+    cfg = T.dpo_cfg(steps=2, method=method, gradient_accumulation_steps=2)
+    T.train_builtin_diffusion_dpo(gen, T.bright_dark_pairs(8), cfg, out_dir=out / method, seed=0)
+    (out / f"{{method}}-{{rank}}.txt").write_text(gen.name)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_keeps_processes_in_step(tmp_path: Path) -> None:
+    """``torchrun`` with 2 CPU processes (accelerate's MULTI_CPU, gloo): both processes end
+    with the same weights (same name), and process 0 alone writes the outputs."""
+    import os
+    import subprocess
+
+    here = Path(__file__).parent
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(feedback=str(here), generate=str(here.parent / "generate")))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29561",
+            str(script),
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    start = tiny_builtin().name
+    for method in ("lora", "full"):
+        names = {(tmp_path / f"{method}-{r}.txt").read_text() for r in (0, 1)}
+        assert len(names) == 1 and start not in names, (method, names)
+        saved = json.loads((tmp_path / method / "result.json").read_text())
+        assert saved["generator"] in names
+        records = (tmp_path / method / "log.jsonl").read_text().splitlines()
+        assert len(records) == 2

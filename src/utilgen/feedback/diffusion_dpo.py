@@ -44,7 +44,13 @@ or a frozen copy for a full fine-tune. Both run through ``accelerate`` (DDP unde
 clip them, use AdamW at a constant learning rate (weight decay 1e-2, the reference
 script's) and autocast to fp16/bf16 on CUDA only. Every random draw (batch order, noise,
 timesteps, LoRA initialisation) comes from ``seed``. Logs: ``out_dir/log.jsonl`` and
-TensorBoard ``out_dir/tensorboard``; ``out_dir/result.json`` is written last.
+TensorBoard ``out_dir/tensorboard`` (means over the step's batches and the processes);
+``out_dir/result.json`` is written last, by process 0, which alone writes files.
+
+Several processes: ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs;
+on CPUs ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N script.py`` (accelerate's
+MULTI_CPU over gloo; ``accelerate launch --cpu`` starts one process only). Every process
+draws the same global batch of ``N * batch_size`` pairs and trains on its own share.
 """
 
 from __future__ import annotations
@@ -302,12 +308,24 @@ def _accelerator() -> Any:
     return Accelerator()
 
 
+def compute_dtype(
+    cfg: DiffusionDPOConfig, weights_dtype: torch.dtype = torch.float32
+) -> torch.dtype | None:
+    """The autocast dtype of the forward passes: ``cfg.mixed_precision``, else the model's
+    own half-precision dtype (a float16 pipeline trains its float32 LoRA under autocast, as
+    ``generate.lora`` does), else None (plain float32)."""
+    if cfg.mixed_precision == "fp16":
+        return torch.float16
+    if cfg.mixed_precision == "bf16":
+        return torch.bfloat16
+    return None if weights_dtype == torch.float32 else weights_dtype
+
+
 def _autocast(
-    cfg: DiffusionDPOConfig, device: torch.device
+    dtype: torch.dtype | None, device: torch.device
 ) -> contextlib.AbstractContextManager[Any]:
-    if cfg.mixed_precision == "no":
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.float16 if cfg.mixed_precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 
 
@@ -365,8 +383,14 @@ class _Logger:
             self._writer.close()
 
 
-def _mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
+def _mean_metrics(records: list[dict[str, float]], accelerator: Any) -> dict[str, float]:
+    """Means over an optimiser step's batches and, under DDP, over the processes (a
+    collective: every process calls it at the same steps)."""
+    keys = list(records[0])
+    means = torch.tensor([np.mean([r[k] for r in records]) for k in keys], dtype=torch.float32)
+    if accelerator.num_processes > 1:
+        means = accelerator.reduce(means.to(accelerator.device), reduction="mean").cpu()
+    return dict(zip(keys, (float(v) for v in means), strict=True))
 
 
 def _run_dpo(
@@ -379,10 +403,12 @@ def _run_dpo(
     out_dir: Path,
     seed: int,
     description: str,
+    dtype: torch.dtype | None,
 ) -> tuple[list[dict[str, float]], float]:
     """The Diffusion-DPO optimisation: ``cfg.steps`` AdamW steps, each over
     ``cfg.gradient_accumulation_steps`` batches of ``cfg.batch_size`` pairs (shared among
-    the processes). Returns the logged records and the loop's wall time (s)."""
+    the processes), forward passes autocast to ``dtype`` when set. Returns the logged
+    records and the loop's wall time (s)."""
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     generator = torch.Generator().manual_seed(seed)
@@ -391,7 +417,8 @@ def _run_dpo(
     batches = _pair_batches(len(weights), cfg.batch_size * world, generator)
     t_max = int(scheduler.config.num_train_timesteps)
     optimiser = torch.optim.AdamW(denoiser.params, lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision == "fp16")
+    # fp16 activations can underflow the LoRA gradients: scale the loss (bf16 needs none).
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
     accumulate = cfg.gradient_accumulation_steps
     logger = _Logger(out_dir, enabled=accelerator.is_main_process)
     started = time.perf_counter()
@@ -415,7 +442,7 @@ def _run_dpo(
                     cond = cond.repeat(2, *[1] * (cond.dim() - 1))
                     sync = k == accumulate - 1
                     with contextlib.nullcontext() if sync else denoiser.no_sync():
-                        with _autocast(cfg, device):
+                        with _autocast(dtype, device):
                             pred_w, pred_l = denoiser.forward(noisy, t2, cond).chunk(2)
                             with torch.no_grad():
                                 ref_w, ref_l = denoiser.reference(noisy, t2, cond).chunk(2)
@@ -437,7 +464,7 @@ def _run_dpo(
                 scaler.update()
                 optimiser.zero_grad(set_to_none=True)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    metrics = _mean_metrics(micro)
+                    metrics = _mean_metrics(micro, accelerator)
                     metrics["grad_norm"] = float(grad_norm)
                     metrics["lr"] = cfg.learning_rate
                     logger.record(step, metrics)
@@ -594,6 +621,7 @@ def train_builtin_diffusion_dpo(
             out_dir=out_dir,
             seed=seed,
             description="Diffusion-DPO (built-in)",
+            dtype=compute_dtype(cfg),
         )
     finally:
         # 5. merge the adapter: the UNet is a plain UNet2DModel again, on the generator's
@@ -750,6 +778,7 @@ def train_diffusers_dpo(
             out_dir=out_dir,
             seed=seed,
             description="Diffusion-DPO (diffusers)",
+            dtype=compute_dtype(cfg, dtype),
         )
         # 5. save the adapter and load the saved file, so that generation uses exactly the
         # file whose hash the samples record
