@@ -112,7 +112,9 @@ def _image_pairs(store: PoolStore, pairs: pd.DataFrame) -> list[Any]:
     payload = _payloads(store, [*pairs["chosen_id"], *pairs["rejected_id"]])
 
     def image(sample_id: str) -> Image.Image:
-        return Image.fromarray(decode_image(payload[sample_id]))
+        pixels = decode_image(payload[sample_id])
+        # grey images are stored (H, W, 1); PIL wants (H, W) for mode L
+        return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
     return [
         ImagePair(
@@ -209,7 +211,7 @@ def restore_model_feedback(
 
         builtin: Any = generator
         restored = BuiltinDiffusionGenerator.from_pretrained(
-            out / "generator", device=builtin.device
+            out / "generator", device=builtin.device, batch_size=builtin.batch_size
         )
         return restored
     if kind == "diffusers":
