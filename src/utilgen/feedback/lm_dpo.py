@@ -427,6 +427,36 @@ def dpo_batch_loss(
     return BatchLoss(dpo, chosen.detach(), rejected.detach())
 
 
+def dpo_train_step(
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    params: Sequence[torch.nn.Parameter],
+    batch: dict[str, torch.Tensor],
+    *,
+    beta: float,
+    max_grad_norm: float,
+    reference: Any = None,
+    logits_to_keep: bool = True,
+) -> tuple[BatchLoss, float | None]:
+    """One micro-batch of training: loss, backward, and (when the accumulation is complete)
+    norm clipping and the optimiser step, all through ``accelerator`` (which prepared
+    ``model`` and ``optimizer``). Returns the batch loss and the gradient norm before
+    clipping (None on a step that only accumulated)."""
+    grad_norm = None
+    with accelerator.accumulate(model):
+        out = dpo_batch_loss(
+            model, batch, beta=beta, reference=reference, logits_to_keep=logits_to_keep
+        )
+        accelerator.backward(out.dpo.loss)
+        if accelerator.sync_gradients:
+            grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
+        # The prepared optimiser skips these until the accumulation is complete.
+        optimizer.step()
+        optimizer.zero_grad()
+    return out, grad_norm
+
+
 # 3. logs ------------------------------------------------------------------------------------
 
 
@@ -650,18 +680,12 @@ def train_lm_dpo(
             for epoch in range(cfg.epochs):
                 sampler.set_epoch(epoch)
                 for batch in loader:
-                    with accelerator.accumulate(prepared):
-                        out = dpo_batch_loss(
-                            prepared, batch, beta=cfg.beta, reference=reference,
-                            logits_to_keep=keep,
-                        )
-                        accelerator.backward(out.dpo.loss)
-                        pending.add(accelerator, out)
-                        grad_norm = None
-                        if accelerator.sync_gradients:
-                            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad()
+                    out, grad_norm = dpo_train_step(
+                        accelerator, prepared, optimizer, params, batch,
+                        beta=cfg.beta, max_grad_norm=cfg.max_grad_norm, reference=reference,
+                        logits_to_keep=keep,
+                    )
+                    pending.add(accelerator, out)
                     if not accelerator.sync_gradients:
                         continue
                     step += 1
@@ -670,7 +694,7 @@ def train_lm_dpo(
                         record = {"step": float(step), "epoch": float(epoch), **pending.means()}
                         record["lr"] = float(optimizer.param_groups[0]["lr"])
                         if grad_norm is not None:
-                            record["grad_norm"] = float(grad_norm)
+                            record["grad_norm"] = grad_norm
                         logs.write(record)
         if pending:  # a last partial accumulation that did not reach a logged step
             logs.write({"step": float(step), "epoch": float(cfg.epochs - 1), **pending.means()})
