@@ -403,7 +403,7 @@ def main() -> int:
     trl_s = statistics.median(times["trl"])
     plain_s = statistics.median(times["utilgen_all_logits"])
     ratio = trl_s / ours_s
-    print(f"without logits_to_keep: trl/utilgen = {trl_s / plain_s:.3f}")
+    print(f"trl / utilgen_all_logits (no logits_to_keep) = {trl_s / plain_s:.3f}")
     del ours, trl, plain
 
     # 4. memory, each side cold in its own process
