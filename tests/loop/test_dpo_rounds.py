@@ -56,7 +56,8 @@ def config() -> RunConfig:
     return resolve_config(
         "digits-dpo",
         [
-            "task.epochs=2", "data.k_shot=5", f"generator.per_class={PER_CLASS}",
+            "task.epochs=2", "data.k_shot=5", "data.max_per_class=40",
+            f"generator.per_class={PER_CLASS}",
             "valuation.scores=[marginal,margin]", "valuation.selection=[]",
             "feedback.pairs.score=marginal", "feedback.pairs.ratio=0.5",
             "feedback.diffusion_dpo.steps=3", "feedback.diffusion_dpo.batch_size=4",

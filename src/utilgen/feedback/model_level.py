@@ -200,11 +200,30 @@ def restore_model_feedback(
     kind = config.generator.kind
     log.info("round %d: restoring the DPO feedback saved in %s", round_index, out)
     if kind == "causal-lm":
-        from utilgen.generate.causal_lm import load_adapter
-
         lm: Any = generator
-        model, tag = load_adapter(lm.model, str(out / "adapter"), merge=False)
-        _merge_lm_adapter(lm, model, tag)
+        if result.get("lora", True):
+            from utilgen.generate.causal_lm import load_adapter
+
+            model, tag = load_adapter(lm.model, str(out / result["weights_dir"]), merge=False)
+            _merge_lm_adapter(lm, model, tag)
+            return generator
+        # a full fine-tune saved the whole model: its weights replace the generator's
+        from safetensors.torch import load_file
+
+        state: dict[str, Any] = {}
+        for shard in sorted((out / result["weights_dir"]).glob("*.safetensors")):
+            state.update(load_file(str(shard)))
+        loaded = lm.model.load_state_dict(state, strict=False)
+        tied = bool(getattr(lm.model.config, "tie_word_embeddings", False))
+        missing = [k for k in loaded.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+        if missing or loaded.unexpected_keys:
+            raise UtilgenError(
+                f"{out / result['weights_dir']} does not fit the generator's model (missing "
+                f"{missing[:2]}, unexpected {loaded.unexpected_keys[:2]}); delete {out} to "
+                "train the feedback again"
+            )
+        lm.model.eval()
+        lm.name = f"{lm.name}+{result['tag']}"
         return generator
     if kind == "builtin-diffusion":
         from utilgen.generate.builtin import BuiltinDiffusionGenerator
