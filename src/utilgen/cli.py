@@ -234,6 +234,25 @@ def demo_cmd(
     )
 
 
+@app.command(
+    "feedback",
+    epilog="Example (data-parallel DPO on 4 GPUs, then continue the run):\n\n"
+    "  accelerate launch --num_processes 4 -m utilgen feedback runs/bbc --round 1\n\n"
+    "  utilgen run bbc-news-udpo --out runs/bbc",
+)
+def feedback_cmd(
+    run_dir: RunArg,
+    round_: Annotated[
+        int, typer.Option("--round", "-r", help="The round whose scores feed back.")
+    ],
+) -> None:
+    """Train one round's model-level (DPO) feedback; runs under `accelerate launch`."""
+    from utilgen.loop.feedback_step import train_round_feedback
+
+    result = train_round_feedback(run_dir, round_)
+    out_console.print_json(json.dumps(result))
+
+
 def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 

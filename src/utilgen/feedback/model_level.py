@@ -74,7 +74,11 @@ def round_pairs(
     table = scored_table(store, run_dir, round_index, config.feedback.pairs.score)
     modality = store.modality or "image"
     pairs = build_pairs(table, config.feedback.pairs, modality=modality)
-    write_pairs(pairs, path)
+    from accelerate import PartialState
+
+    # Under `accelerate launch` every process builds the same pairs; one writes them.
+    if PartialState().is_main_process:
+        write_pairs(pairs, path)
     log.info(
         "round %d: %d preference pairs (%s, mean weight %.3f)",
         round_index,
