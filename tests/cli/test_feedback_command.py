@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from utilgen.cli import main
 
@@ -35,9 +37,13 @@ def sets(values: list[str]) -> list[str]:
 
 
 @pytest.fixture()
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    # tiny models: one thread avoids contention on a busy two-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path / "cache"
+    torch.set_num_threads(threads)
 
 
 def test_feedback_command_retrains_the_same_adapter(tmp_path: Path, cache: Path) -> None:

@@ -33,10 +33,14 @@ PER_CLASS = 4
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    was = is_quiet()
+def _quiet_one_thread() -> Iterator[None]:
+    # tiny convolutions: on a busy two-core machine, thread contention costs far more than
+    # a second thread gains
+    was, threads = is_quiet(), torch.get_num_threads()
     set_quiet(True)
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     set_quiet(was)
 
 
