@@ -1,54 +1,81 @@
-"""Offline sweep: Diffusion-DPO settings on digB's round-1 pairs -> mean marginal of new samples."""
-import sys, json, copy, time
+"""Offline sweep: Diffusion-DPO settings on a finished digits-dpo run's round-1 pairs.
+
+    .venv/bin/python benchmarks/diffusion_dpo_sweep.py RUN base steps=200 steps=200,g=1.0
+
+For each spec (comma-separated ``feedback.diffusion_dpo`` fields, plus ``g=<guidance>`` for
+sampling and ``swap=1`` to swap preferred and dispreferred images) the run's generator is
+trained from its base weights on round 1's pairs, round 2's requests are generated, and the
+mean marginal p(y|x) and label fidelity under the stage-1 classifier are printed. Not a
+target benchmark: an instrument for the digits Diffusion-DPO investigation (RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import tempfile
+import time
 from pathlib import Path
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 from utilgen.config import load_config
-from utilgen.loop.run import prepare, build_model, round_dir
-from utilgen.loop.generation_round import stage1_judge
-from utilgen.generate.factory import static_requests
-from utilgen.feedback.model_level import _image_pairs
-from utilgen.feedback.pairs import read_pairs, build_pairs
 from utilgen.feedback.diffusion_dpo import train_builtin_diffusion_dpo
+from utilgen.feedback.model_level import _image_pairs
+from utilgen.feedback.pairs import read_pairs
+from utilgen.generate.factory import static_requests
+from utilgen.loop.generation_round import stage1_judge
+from utilgen.loop.run import build_model, prepare
 from utilgen.pool import PoolStore
 from utilgen.pool.payload import decode_image
-from utilgen.data import LabelledData
 from utilgen.progress import set_quiet
-set_quiet(True)
-torch.set_num_threads(1)
-RUN = Path("/tmp/exp/digB")
-cfg = load_config(RUN / "config.yaml")
-prep = prepare(cfg)
-judge, _ = stage1_judge(build_model(cfg, prep.splits), RUN / "rounds/000/checkpoints")
-store = PoolStore(RUN)
-pairs = read_pairs(RUN / "rounds/001/pairs.parquet")
-ipairs = _image_pairs(store, pairs)
-reqs = static_requests(cfg.generator, splits=prep.splits, seed=cfg.seed, round_index=2)
-names = prep.splits.train.class_names
 
-def marginal_of(gen, g=None):
-    import dataclasses
-    rq = reqs if g is None else [dataclasses.replace(r, guidance_scale=g) for r in reqs]
-    samples = list(gen.generate(rq, round_index=2, progress=False))
-    items = [decode_image(s.payload) for s in samples]
-    labels = np.array([s.label for s in samples])
-    probs = judge.predict_proba(items)
-    return probs, labels
 
-base_state = copy.deepcopy(prep.generator.model.state_dict())
-for spec in sys.argv[1:]:
-    kv = dict(x.split("=") for x in spec.split(",")) if spec != "base" else {}
-    gen = prep.generator
-    gen.model.load_state_dict(base_state)
-    g = kv.pop("g", None); g = float(g) if g is not None else None
-    t = time.time()
-    use = ipairs
-    if kv.pop("swap", None):
-        import dataclasses
-        use = [dataclasses.replace(p, chosen=p.rejected, rejected=p.chosen) for p in ipairs]
-    if kv:
-        dcfg = cfg.feedback.diffusion_dpo.model_copy(update={k: (float(v) if k in ("guidance_scale","learning_rate","beta_dpo") else type(getattr(cfg.feedback.diffusion_dpo, k))(v)) for k, v in kv.items()})
-        train_builtin_diffusion_dpo(gen, use, dcfg, out_dir=Path(f"/tmp/exp/sweep/{spec}"), seed=1)
-    probs, labels = marginal_of(gen, g)
-    m = probs[np.arange(len(labels)), labels]
-    fid = (probs.argmax(1) == labels).mean()
-    print(f"{spec}: marginal {m.mean():.4f} fidelity {fid:.3f} ({time.time()-t:.0f}s)", flush=True)
+def main() -> int:
+    set_quiet(True)
+    torch.set_num_threads(1)
+    run_dir = Path(sys.argv[1])
+    cfg = load_config(run_dir / "config.yaml")
+    prepared = prepare(cfg)
+    generator: object = prepared.generator
+    assert generator is not None
+    judge, _ = stage1_judge(build_model(cfg, prepared.splits), run_dir / "rounds/000/checkpoints")
+    pairs = _image_pairs(PoolStore(run_dir), read_pairs(run_dir / "rounds/001/pairs.parquet"))
+    requests = static_requests(
+        cfg.generator, splits=prepared.splits, seed=cfg.seed, round_index=2
+    )
+    gen: object = generator
+    base_state = copy.deepcopy(gen.model.state_dict())  # type: ignore[attr-defined]
+    for spec in sys.argv[2:]:
+        fields = dict(x.split("=") for x in spec.split(",")) if spec != "base" else {}
+        gen.model.load_state_dict(base_state)  # type: ignore[attr-defined]
+        guidance = fields.pop("g", None)
+        use = pairs
+        if fields.pop("swap", None):
+            use = [dataclasses.replace(p, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+        started = time.time()
+        if fields:
+            base = cfg.feedback.diffusion_dpo
+            dpo = base.model_validate({**base.model_dump(), **fields})
+            out = Path(tempfile.mkdtemp()) / "dpo"
+            train_builtin_diffusion_dpo(gen, use, dpo, out_dir=out, seed=1)
+        todo = requests
+        if guidance is not None:
+            todo = [dataclasses.replace(r, guidance_scale=float(guidance)) for r in requests]
+        samples = list(gen.generate(todo, round_index=2, progress=False))  # type: ignore[attr-defined]
+        labels = np.array([s.label for s in samples])
+        probs = judge.predict_proba([decode_image(s.payload) for s in samples])
+        marginal = probs[np.arange(len(labels)), labels]
+        fidelity = float((probs.argmax(1) == labels).mean())
+        print(
+            f"{spec}: marginal {marginal.mean():.4f} fidelity {fidelity:.3f} "
+            f"({time.time() - started:.0f} s)",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
