@@ -170,21 +170,15 @@ def apply_model_feedback(
         )
         _merge_lm_adapter(lm, result.model, result.tag)
         return generator
-    if kind == "builtin-diffusion":
-        from utilgen.feedback.diffusion_dpo import train_builtin_diffusion_dpo
+    if kind in ("builtin-diffusion", "diffusers"):
+        from utilgen.feedback import diffusion_dpo
 
-        train_builtin_diffusion_dpo(
-            generator,
-            _image_pairs(store, pairs),
-            config.feedback.diffusion_dpo,
-            out_dir=out,
-            seed=seed,
+        trainer = (
+            diffusion_dpo.train_builtin_diffusion_dpo
+            if kind == "builtin-diffusion"
+            else diffusion_dpo.train_diffusers_dpo
         )
-        return generator
-    if kind == "diffusers":
-        from utilgen.feedback.diffusion_dpo import train_diffusers_dpo
-
-        train_diffusers_dpo(
+        trainer(
             generator,
             _image_pairs(store, pairs),
             config.feedback.diffusion_dpo,
