@@ -10,6 +10,12 @@ is allowed and, on a typo, the closest valid key.
 from utilgen.config.builtin_diffusion import BuiltinDiffusionConfig
 from utilgen.config.data import DataConfig, DataSource
 from utilgen.config.diffusion import DEFAULT_NEGATIVE_PROMPT, DiffusersConfig
+from utilgen.config.feedback import (
+    DiffusionDPOConfig,
+    FeedbackConfig,
+    LMDPOConfig,
+    PreferencePairConfig,
+)
 from utilgen.config.generator import (
     IMAGE_GENERATORS,
     TEXT_GENERATORS,
@@ -26,12 +32,6 @@ from utilgen.config.load import (
     preset_path,
     resolve_config,
     save_config,
-)
-from utilgen.config.feedback import (
-    DiffusionDPOConfig,
-    FeedbackConfig,
-    LMDPOConfig,
-    PreferencePairConfig,
 )
 from utilgen.config.loop import LoopConfig
 from utilgen.config.run import RunConfig

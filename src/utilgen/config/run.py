@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from utilgen.config.data import DataConfig
-from utilgen.config.generator import GeneratorConfig
 from utilgen.config.feedback import FeedbackConfig
+from utilgen.config.generator import GeneratorConfig
 from utilgen.config.loop import LoopConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig
