@@ -8,3 +8,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture()
+def quiet_one_thread() -> Iterator[None]:
+    """No progress bars, and torch on one thread: tiny models' convolutions and matmuls run
+    far slower under thread contention on a busy two-core machine than on one thread."""
+    import torch
+
+    from utilgen.progress import is_quiet, set_quiet
+
+    was, threads = is_quiet(), torch.get_num_threads()
+    set_quiet(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        set_quiet(was)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,9 @@ from utilgen.generate import GenerationRequest
 from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate.builtin.model import ClassConditionalUNet, ImageFormat, build_unet
 from utilgen.generate.builtin.training import ddpm_scheduler
-from utilgen.progress import is_quiet, set_quiet
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
-from tiny_sd import one_thread, tiny_sd_pipeline
+from tiny_sd import tiny_sd_pipeline
 
 # 1. the loss against the paper's formula ---------------------------------------------------
 
@@ -126,13 +124,7 @@ def test_loss_rejects_non_positive_beta() -> None:
 CLASSES = ("a", "b")
 
 
-@pytest.fixture(autouse=True)
-def _quiet_one_thread() -> Iterator[None]:
-    was = is_quiet()
-    set_quiet(True)
-    with one_thread():
-        yield
-    set_quiet(was)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def tiny_builtin(seed: int = 0) -> BuiltinDiffusionGenerator:

@@ -11,7 +11,6 @@ saved generator instead of training again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,21 +26,11 @@ from utilgen.generate.builtin.training import ddpm_scheduler
 from utilgen.loop import generation_round
 from utilgen.loop.run import Prepared, prepare, run
 from utilgen.pool import PoolStore
-from utilgen.progress import is_quiet, set_quiet
 
 PER_CLASS = 4
 
 
-@pytest.fixture(autouse=True)
-def _quiet_one_thread() -> Iterator[None]:
-    # tiny convolutions: on a busy two-core machine, thread contention costs far more than
-    # a second thread gains
-    was, threads = is_quiet(), torch.get_num_threads()
-    set_quiet(True)
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    set_quiet(was)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def tiny_generator(class_names: tuple[str, ...]) -> BuiltinDiffusionGenerator:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generate"))
-from tiny_lm import one_thread, tiny_llama
+from tiny_lm import tiny_llama
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
@@ -27,18 +26,11 @@ from utilgen.generate.factory import static_requests
 from utilgen.loop import generation_round
 from utilgen.loop.run import Prepared, prepare, run
 from utilgen.pool import PoolStore
-from utilgen.progress import is_quiet, set_quiet
 
 PER_CLASS = 10  # two prompts of five texts per class
 
 
-@pytest.fixture(autouse=True)
-def _quiet_one_thread() -> Iterator[None]:
-    was = is_quiet()
-    set_quiet(True)
-    with one_thread():
-        yield
-    set_quiet(was)
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def config(*sets: str) -> RunConfig:
