@@ -53,11 +53,20 @@ def mann_whitney_greater(after: np.ndarray, before: np.ndarray) -> tuple[float, 
     return float(result.statistic), float(result.pvalue)
 
 
-def feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
-    """Per-round score statistics, label fidelity and the first-vs-last round tests."""
+def round_scores(run_dir: Path, rounds: int) -> dict[int, pd.DataFrame]:
+    """Round -> its ``scores.parquet`` (rounds that scored nothing are left out)."""
+    return {r: f for r, p in _round_dirs(run_dir, rounds) if (f := _scores(p)) is not None}
+
+
+def feedback_effect(
+    run_dir: str | Path, config: RunConfig, frames: dict[int, pd.DataFrame] | None = None
+) -> dict[str, Any]:
+    """Per-round score statistics, label fidelity and the first-vs-last round tests
+    (``frames``: the rounds' scores, read from the run directory when None)."""
     run_dir = Path(run_dir)
+    if frames is None:
+        frames = round_scores(run_dir, config.loop.rounds)
     per_round: list[dict[str, Any]] = []
-    frames: dict[int, pd.DataFrame] = {}
     for r, path in _round_dirs(run_dir, config.loop.rounds):
         metrics_file = path / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -67,9 +76,8 @@ def feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
             "label_fidelity": (metrics.get("label_fidelity") or {}).get("overall"),
             "test_accuracy": (metrics.get("test") or {}).get("accuracy"),
         }
-        frame = _scores(path)
+        frame = frames.get(r)
         if frame is not None:
-            frames[r] = frame
             entry["n_scored"] = len(frame)
             for name in frame.columns:
                 if name == "id":
@@ -110,9 +118,9 @@ def feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
     }
 
 
-def plot_feedback_effect(run_dir: Path, rounds: int, path: Path) -> Path | None:
-    """Histograms of every score, rounds overlaid; None when no round was scored."""
-    frames = {r: f for r, p in _round_dirs(run_dir, rounds) if (f := _scores(p)) is not None}
+def plot_feedback_effect(frames: dict[int, pd.DataFrame], path: Path) -> Path | None:
+    """Histograms of every score of ``frames`` (round -> scores), rounds overlaid, written
+    to ``path``; None when no round was scored."""
     if not frames:
         return None
     import matplotlib
@@ -144,8 +152,9 @@ def plot_feedback_effect(run_dir: Path, rounds: int, path: Path) -> Path | None:
 def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
     """Write ``feedback_effect.json`` and ``feedback_effect.png``; returns the JSON's content."""
     run_dir = Path(run_dir)
-    effect = feedback_effect(run_dir, config)
-    plot = plot_feedback_effect(run_dir, config.loop.rounds, run_dir / EFFECT_PLOT)
+    frames = round_scores(run_dir, config.loop.rounds)
+    effect = feedback_effect(run_dir, config, frames)
+    plot = plot_feedback_effect(frames, run_dir / EFFECT_PLOT)
     effect["plot"] = plot.name if plot is not None else None
     write_json_atomic(run_dir / EFFECT_JSON, effect)
     return effect
