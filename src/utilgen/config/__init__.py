@@ -22,6 +22,12 @@ from utilgen.config.generator import (
     GeneratorConfig,
     GeneratorKind,
 )
+from utilgen.config.instance import (
+    HardSampleConfig,
+    InstanceFeedbackConfig,
+    NoiseOptimisationConfig,
+    PromptAscentConfig,
+)
 from utilgen.config.load import (
     apply_overrides,
     config_from_dict,
@@ -60,9 +66,13 @@ __all__ = [
     "FewShotPromptConfig",
     "GeneratorConfig",
     "GeneratorKind",
+    "HardSampleConfig",
+    "InstanceFeedbackConfig",
     "LMDPOConfig",
     "LoopConfig",
+    "NoiseOptimisationConfig",
     "PreferencePairConfig",
+    "PromptAscentConfig",
     "RunConfig",
     "ScoreName",
     "Section",

@@ -14,9 +14,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from utilgen.config.instance import (
+    HardSampleConfig,
+    InstanceFeedbackConfig,
+    NoiseOptimisationConfig,
+    PromptAscentConfig,
+)
 from utilgen.config.section import Section
 
-FeedbackComponent = Literal["dpo"]
+FeedbackComponent = Literal["dpo", "hard_samples", "prompt_ascent", "noise_opt"]
 PairScheme = Literal["top-mid", "top-bottom"]
 PairGrouping = Literal["auto", "class", "prompt"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -113,11 +119,18 @@ class FeedbackConfig(Section):
         default_factory=list,
         description="Feedback components switched on. dpo: preference pairs from round r's "
         "utility fine-tune the generator (U-DPO for causal LMs, Diffusion-DPO for diffusion "
-        "models) before round r+1.",
+        "models) before round r+1. hard_samples: round r+1 generates img2img around the k "
+        "lowest-marginal real samples per class (GenDataAgent). prompt_ascent and noise_opt: "
+        "each request of round r+1 gets optimised prompt embeddings / initial noise "
+        "(UtilGen instance level).",
     )
     pairs: PreferencePairConfig = Field(default_factory=PreferencePairConfig)
     dpo: LMDPOConfig = Field(default_factory=LMDPOConfig)
     diffusion_dpo: DiffusionDPOConfig = Field(default_factory=DiffusionDPOConfig)
+    instance: InstanceFeedbackConfig = Field(default_factory=InstanceFeedbackConfig)
+    hard_samples: HardSampleConfig = Field(default_factory=HardSampleConfig)
+    prompt_ascent: PromptAscentConfig = Field(default_factory=PromptAscentConfig)
+    noise_opt: NoiseOptimisationConfig = Field(default_factory=NoiseOptimisationConfig)
 
     @field_validator("components")
     @classmethod

@@ -6,7 +6,7 @@ from pydantic import Field, model_validator
 
 from utilgen.config.data import DataConfig
 from utilgen.config.feedback import FeedbackConfig
-from utilgen.config.generator import GeneratorConfig
+from utilgen.config.generator import IMAGE_GENERATORS, GeneratorConfig
 from utilgen.config.loop import LoopConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig
@@ -45,6 +45,26 @@ class RunConfig(Section):
                 f"feedback.components {self.feedback.components} act between rounds; set "
                 "loop.rounds to 2 or more"
             )
+        instance = [c for c in self.feedback.components if c != "dpo"]
+        if instance and self.generator.kind not in IMAGE_GENERATORS:
+            raise ValueError(
+                f"feedback.components {instance} shape image generation; they need "
+                f"generator.kind builtin-diffusion or diffusers, not {self.generator.kind}"
+            )
+        if "hard_samples" in self.feedback.components and self.feedback.hard_samples.captions:
+            if self.generator.kind == "builtin-diffusion":
+                raise ValueError(
+                    "feedback.hard_samples.captions needs a text-conditioned generator; the "
+                    "built-in generator reads class labels only: set "
+                    "feedback.hard_samples.captions=false"
+                )
+            diffusers = self.generator.diffusers
+            if diffusers.captions_file is None and diffusers.captioner is None:
+                raise ValueError(
+                    "feedback.hard_samples.captions needs captions of the real images to "
+                    "perturb: set generator.diffusers.captions_file or generator.diffusers."
+                    "captioner (a BLIP-2 directory), or feedback.hard_samples.captions=false"
+                )
         if "dpo" in self.feedback.components:
             score = self.feedback.pairs.score
             if score not in self.valuation.scores:

@@ -5,7 +5,7 @@ builds one from the ``task`` config section, :func:`train` fits it with per-samp
 and a checkpoint per epoch, :func:`evaluate` scores it.
 """
 
-from utilgen.task.base import Batch, TaskModel
+from utilgen.task.base import Batch, PixelTaskModel, TaskModel
 from utilgen.task.checkpoint import (
     checkpoint_name,
     list_checkpoints,
@@ -35,6 +35,7 @@ __all__ = [
     "HFImageModel",
     "HFTextModel",
     "MiniLMModel",
+    "PixelTaskModel",
     "SmallCNNModel",
     "TaskModel",
     "TrainResult",

@@ -84,3 +84,15 @@ class TaskModel(Protocol):
     def load(self, path: Path) -> None:
         """Load weights written by :meth:`save` (safetensors only)."""
         ...
+
+
+@runtime_checkable
+class PixelTaskModel(TaskModel, Protocol):
+    """An image classifier whose input preparation has a differentiable twin, so a utility
+    can be backpropagated into generated pixels (UtilGen's instance-level optimisation)."""
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare` for float pixels (n, C, H, W) in [0, 1] (any size, 1 or 3
+        channels), as torch operations: the module's input batch on :attr:`device`, with a
+        graph back to ``pixels``."""
+        ...

@@ -26,7 +26,7 @@ from utilgen.errors import ModelNotFoundError
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import ClassifierModule, tensor_batch
 from utilgen.task.heads import HeadKind, make_head
-from utilgen.task.image_batch import images_to_tensor
+from utilgen.task.image_batch import images_to_tensor, pixels_to_tensor
 from utilgen.task.model_sources import import_asset_package
 from utilgen.task.torch_task_model import TorchTaskModel
 
@@ -129,3 +129,6 @@ class EfficientNetModel(TorchTaskModel):
 
     def prepare(self, items: Sequence[Item]) -> torch.Tensor:
         return images_to_tensor(items, self.image_size, 3, device=self.device)
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels_to_tensor(pixels.to(self.device), self.image_size, 3)

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from utilgen.data.labelled import Item
+from utilgen.errors import ConfigError
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import tensor_batch
 from utilgen.task.hf_classifier import HFClassifier, label_maps
-from utilgen.task.image_batch import as_hwc, images_to_tensor, to_channels
+from utilgen.task.image_batch import as_hwc, images_to_tensor, pixels_to_tensor, to_channels
 from utilgen.task.model_sources import load_pretrained
 from utilgen.task.torch_task_model import TorchTaskModel
 
@@ -130,3 +131,18 @@ class HFImageModel(TorchTaskModel):
             images=images, return_tensors="pt", input_data_format="channels_last"
         )["pixel_values"]
         return pixels.to(self.device, torch.float32)
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare` for float pixels (n, C, H, W) in [0, 1], differentiably.
+
+        Only the torch path of :meth:`prepare` (no image processor, or ``task.image_size``
+        set) has a differentiable twin; a processor's own resize and crop do not.
+        """
+        if self.processor is not None and not self.image_size:
+            raise ConfigError(
+                f"{self.model_path}'s image processor resizes outside torch, so gradients "
+                "cannot reach the pixels; set task.image_size to prepare images with torch"
+            )
+        mean, std = self._mean_std()
+        size = self.image_size or self._fallback_size
+        return pixels_to_tensor(pixels.to(self.device), size, self.channels, mean, std)

@@ -70,14 +70,46 @@ def images_to_tensor(
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, image in enumerate(prepared):
         by_shape[image.shape[:2]].append(i)
-    for (height, width), indices in by_shape.items():
+    for indices in by_shape.values():
         group = torch.from_numpy(np.stack([prepared[i] for i in indices])).permute(0, 3, 1, 2)
-        if (height, width) != (size, size):
-            group = F.interpolate(
-                group, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
-        out[indices] = group
-    shift = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    scale = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    out = (out - shift) / scale
+        out[indices] = _resized(group, size)
+    out = _normalised(out, mean, std)
     return out if device is None else out.to(device)
+
+
+def _resized(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(pixels.shape[-2:]) == (size, size):
+        return pixels
+    return F.interpolate(
+        pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
+def _normalised(
+    pixels: torch.Tensor, mean: float | Sequence[float], std: float | Sequence[float]
+) -> torch.Tensor:
+    shift = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
+    scale = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
+    return (pixels - shift) / scale
+
+
+def pixels_to_tensor(
+    pixels: torch.Tensor,
+    size: int,
+    channels: int,
+    mean: float | Sequence[float] = 0.5,
+    std: float | Sequence[float] = 0.5,
+) -> torch.Tensor:
+    """:func:`images_to_tensor` for a float batch (n, C, H, W) in [0, 1], differentiably:
+    the same channel conversion, resize and normalisation as torch operations, so a utility
+    computed from the result can be backpropagated into the pixels (instance-level
+    optimisation). Stays on ``pixels``' device."""
+    if pixels.dim() != 4 or pixels.shape[1] not in (1, 3):
+        raise TypeError(f"expected pixels of shape (n, 1|3, H, W), got {tuple(pixels.shape)}")
+    if pixels.shape[1] != channels:
+        if channels == 3:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        else:
+            luma = torch.as_tensor(_LUMA, dtype=pixels.dtype, device=pixels.device)
+            pixels = (pixels * luma.reshape(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    return _normalised(_resized(pixels, size), mean, std)

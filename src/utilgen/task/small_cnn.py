@@ -21,7 +21,7 @@ from utilgen.data.labelled import Item
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import ClassifierModule, tensor_batch
 from utilgen.task.heads import HeadKind, make_head
-from utilgen.task.image_batch import as_hwc, images_to_tensor
+from utilgen.task.image_batch import as_hwc, images_to_tensor, pixels_to_tensor
 from utilgen.task.torch_task_model import TorchTaskModel
 
 FEATURES = 128
@@ -109,3 +109,6 @@ class SmallCNNModel(TorchTaskModel):
 
     def prepare(self, items: Sequence[Item]) -> torch.Tensor:
         return images_to_tensor(items, self.image_size, self.channels, device=self.device)
+
+    def prepare_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels_to_tensor(pixels.to(self.device), self.image_size, self.channels)
