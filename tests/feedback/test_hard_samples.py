@@ -197,7 +197,7 @@ def test_requests_visit_every_parent_before_any_twice_with_stable_distinct_seeds
         assert [r.parent_id for r in mine] == [order[j % 2] for j in range(7)]
         for pid in order:
             strengths = [r.strength for r in mine if r.parent_id == pid]
-            assert strengths[:3] in ([0.5, 0.75, 0.9],)  # m = 1: all strengths, then again
+            assert strengths[:3] == [0.5, 0.75, 0.9]  # m = 1: every strength, then again
             assert set(strengths) == {0.5, 0.75, 0.9}
         for r in mine:
             parent = next(p for p in parents[label] if p.id == r.parent_id)
@@ -299,8 +299,8 @@ def test_builtin_generator_samples_carry_parent_strength_and_marginal() -> None:
         }
         assert "init_image_sha256" in details
         assert decode_image(sample.payload).shape == (8, 8, 1)
-    # img2img really starts from the parent: at strength 0.5 outputs stay nearer their own
-    # parent than to another class's parent on average.
+    # img2img really starts from the parent: at strength 0.5 outputs stay clearly nearer
+    # their own parent than another class's parent, on average.
     near, far = [], []
     for sample in samples:
         if sample.strength != 0.5:
@@ -308,9 +308,10 @@ def test_builtin_generator_samples_carry_parent_strength_and_marginal() -> None:
         out = decode_image(sample.payload).astype(float)
         own = np.asarray(data.items[by_id[sample.parent_id].index], dtype=float)
         other = next(p for p in by_id.values() if p.label != sample.label)
-        near.append(np.abs(out - own * 255 / 16).mean())
-        far.append(np.abs(out - np.asarray(data.items[other.index], float) * 255 / 16).mean())
-    assert near and np.mean(near) < np.mean(far)
+        near.append(np.abs(out - own).mean())
+        far.append(np.abs(out - np.asarray(data.items[other.index], float)).mean())
+    # measured: about 43 vs 79 grey levels
+    assert near and np.mean(near) < 0.75 * np.mean(far)
 
 
 CAPTIONS = CaptionTable(

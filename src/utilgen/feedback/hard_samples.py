@@ -210,6 +210,11 @@ def hard_parents(
             )
             for i in order[:k]
         ]
+    chosen = [p.marginal for members in out.values() for p in members] or [float("nan")]
+    log.info(
+        "hard samples: %d parent(s) per class, marginal p(y|x) from %.3g to %.3g",
+        k, min(chosen), max(chosen),
+    )
     return out
 
 
