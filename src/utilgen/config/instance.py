@@ -121,6 +121,12 @@ class NoiseOptimisationConfig(GradientPathConfig):
         ge=0.0,
         description="Guidance scale of the DDIM inversion (1: conditional model only).",
     )
+    inversion_fixed_point: int = Field(
+        3,
+        ge=0,
+        description="Fixed-point refinements per DDIM inversion step (0: plain inversion, "
+        "whose error grows with the step count; 3 makes each step nearly exact).",
+    )
     regeneration_guidance: float | None = Field(
         None,
         ge=0.0,

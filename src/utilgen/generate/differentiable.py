@@ -93,8 +93,15 @@ class DifferentiableSampler(Protocol):
         *,
         guidance: torch.Tensor,
         steps: int,
+        fixed_point: int = 0,
     ) -> torch.Tensor:
         """DDIM inversion: the initial noise (n, *noise_shape) from which :meth:`denoise`
-        with the same conditioning, guidance (n,) and steps regenerates ``clean``
-        (approximately; exact in the limit of many steps). No graph is kept."""
+        with the same conditioning, guidance (n,) and steps regenerates ``clean``. No graph
+        is kept.
+
+        Plain DDIM inversion (``fixed_point`` 0) predicts each step's noise at the point it
+        starts from rather than the one it reaches, which is exact only in the limit of
+        many steps; ``fixed_point`` n > 0 re-predicts it n times at the point reached (a
+        fixed-point iteration, as in ReNoise / AIDI), which makes each step the exact
+        inverse of the sampler's step when the sampler does not clip its x0 prediction."""
         ...

@@ -192,14 +192,16 @@ class BuiltinDiffusionGenerator:
 
     # ---- generation ----
 
-    def _noise(self, request: GenerationRequest, index: int) -> torch.Tensor:
+    def initial_noise(self, request: GenerationRequest, index: int) -> torch.Tensor:
+        """Output ``index``'s initial noise, (C, S, S) on the CPU: from ``request.latents``
+        when set, else drawn from ``request.seed + index``."""
         if request.latents is not None:
             return self._latents(request)[index]
         # Drawn on the CPU so that a seed gives the same noise on every device.
         rng = torch.Generator().manual_seed(request.seed + index)
         return torch.randn(self.image_format.sample_shape, generator=rng)
 
-    def _embeds(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    def embeddings(self, request: GenerationRequest) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, d) conditional and unconditional embeddings of a request, on the CPU."""
         table = self.model.class_embeddings.weight.detach().cpu()
         dim = self.embedding_dim
@@ -326,14 +328,14 @@ class BuiltinDiffusionGenerator:
                 to_output_format(np.asarray(r.init_image), self.image_format) for r, _ in batch
             ]
             return images, timesteps
-        conds, nulls = zip(*(self._embeds(r) for r, _ in batch), strict=True)
+        conds, nulls = zip(*(self.embeddings(r) for r, _ in batch), strict=True)
         init = (
             None
             if strength is None
             else to_model_space([np.asarray(r.init_image) for r, _ in batch], self.image_format)
         )
         clean = self.sample(
-            torch.stack([self._noise(r, i) for r, i in batch]),
+            torch.stack([self.initial_noise(r, i) for r, i in batch]),
             torch.cat(conds),
             null=torch.cat(nulls),
             guidance=torch.tensor([self._settings(r)[0] for r, _ in batch]),
