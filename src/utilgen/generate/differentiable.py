@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from utilgen.generate.request import GenerationRequest
+from utilgen.generate.request import GenerationError, GenerationRequest
 
 
 @runtime_checkable
@@ -105,3 +105,27 @@ class DifferentiableSampler(Protocol):
         fixed-point iteration, as in ReNoise / AIDI), which makes each step the exact
         inverse of the sampler's step when the sampler does not clip its x0 prediction."""
         ...
+
+
+def differentiable_sampler(generator: object) -> DifferentiableSampler:
+    """The :class:`DifferentiableSampler` of an image generator built by utilgen.
+
+    Raises:
+        GenerationError: the generator cannot be opened up (a text generator).
+    """
+    from utilgen.generate.builtin.generator import BuiltinDiffusionGenerator
+
+    if isinstance(generator, BuiltinDiffusionGenerator):
+        from utilgen.generate.builtin.differentiable import BuiltinSampler
+
+        return BuiltinSampler(generator)
+    from utilgen.generate.diffusers_backend import DiffusersGenerator
+
+    if isinstance(generator, DiffusersGenerator):
+        from utilgen.generate.diffusers_differentiable import DiffusersSampler
+
+        return DiffusersSampler(generator)
+    raise GenerationError(
+        f"{type(generator).__name__} cannot be optimised instance by instance; prompt "
+        "ascent and noise optimisation need the built-in or a diffusers image generator"
+    )
