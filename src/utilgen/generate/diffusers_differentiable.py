@@ -448,6 +448,7 @@ class DiffusersSampler:
         *,
         guidance: torch.Tensor,
         steps: int,
+        fixed_point: int = 0,
     ) -> torch.Tensor:
         """DDIM inversion of latents ``clean`` (n, *noise_shape): the unit-variance initial
         noise from which :meth:`denoise` with this conditioning, guidance and steps
@@ -456,7 +457,11 @@ class DiffusersSampler:
         ``diffusers.DDIMInverseScheduler`` is built from the generator's DDIM config, so its
         timesteps are DDIM's in reverse and its first step starts from DDIM's final alpha;
         the model is evaluated at each target timestep, as diffusers' inversion pipelines do.
-        Asymmetric CFG is the caller passing a ``guidance`` different from regeneration's.
+        ``fixed_point`` n > 0 then re-predicts the noise n times at the point the step
+        reached and redoes the step from where it started (ReNoise / AIDI's fixed-point
+        iteration), which makes each step the exact inverse of DDIM's as n grows. Asymmetric
+        CFG is the caller passing a ``guidance`` different from regeneration's. The inverse
+        scheduler does not clip x0 (a clipped step cannot be inverted).
 
         Raises:
             GenerationError: the generator's sampler is not DDIM, or its timestep spacing has
@@ -484,8 +489,10 @@ class DiffusersSampler:
                 f"DDIM inversion supports timestep_spacing 'leading' or 'trailing', the "
                 f"generator's DDIM uses {spacing!r}; rebuild its scheduler with one of those"
             )
+        if fixed_point < 0:
+            raise GenerationError(f"fixed_point must be >= 0, got {fixed_point}")
         forward = self._sampling_scheduler(steps)
-        inverse = DDIMInverseScheduler.from_config(config)
+        inverse = DDIMInverseScheduler.from_config(config, clip_sample=False)
         inverse.set_timesteps(steps, device=self.device)
         if not torch.equal(inverse.timesteps.cpu(), forward.timesteps.cpu().flip(0)):
             raise GenerationError(
@@ -499,5 +506,9 @@ class DiffusersSampler:
         with torch.no_grad():
             for t in inverse.timesteps:
                 eps = self._guided_noise(inverse, latents, t, cond, null, guidance, False)
-                latents = inverse.step(eps, t, latents, return_dict=False)[0]
+                reached = inverse.step(eps, t, latents, return_dict=False)[0]
+                for _ in range(fixed_point):
+                    eps = self._guided_noise(inverse, reached, t, cond, null, guidance, False)
+                    reached = inverse.step(eps, t, latents, return_dict=False)[0]
+                latents = reached
         return latents / forward.init_noise_sigma
