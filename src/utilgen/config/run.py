@@ -51,6 +51,12 @@ class RunConfig(Section):
                 f"feedback.components {instance} shape image generation; they need "
                 f"generator.kind builtin-diffusion or diffusers, not {self.generator.kind}"
             )
+        optimisers = [c for c in instance if c != "hard_samples"]
+        if "hard_samples" in instance and optimisers:
+            raise ValueError(
+                f"feedback.components: hard_samples makes img2img requests, which "
+                f"{optimisers} cannot optimise; switch on one or the other"
+            )
         if "hard_samples" in self.feedback.components and self.feedback.hard_samples.captions:
             if self.generator.kind == "builtin-diffusion":
                 raise ValueError(

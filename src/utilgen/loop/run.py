@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from utilgen.errors import ConfigError, UtilgenError
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import build_generator, static_requests
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
+from utilgen.loop.policy import RoundContext, round_requests
 from utilgen.pool import PoolStore, samples_from_labelled
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
@@ -115,6 +115,8 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     requests = tuple(
         static_requests(config.generator, splits=splits, seed=config.seed, round_index=1)
     )
+    if "hard_samples" in config.feedback.components:
+        _check_hard_samples(config, splits)
     generator = build_generator(
         config.generator,
         splits=splits,
@@ -122,6 +124,20 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
         seed=config.seed,
     )
     return Prepared(config, splits, model, generator, requests)
+
+
+def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
+    """k against the class sizes, and the caption source, before anything is written."""
+    from utilgen.feedback.hard_samples import check_hard_sample_inputs
+
+    table = None
+    if config.feedback.hard_samples.captions:
+        from utilgen.generate.prompts import captions_for
+
+        table = captions_for(config.generator.diffusers, splits.train)
+    check_hard_sample_inputs(
+        config.feedback.hard_samples, splits.train, generator=config.generator, captions=table
+    )
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
@@ -236,12 +252,17 @@ def _generation_round(
     judge, judge_checkpoints = stage1_judge(
         build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
     )
-    if round_index == 1:
-        requests: Sequence[GenerationRequest] = prepared.requests
-    else:
-        requests = static_requests(
-            cfg.generator, splits=prepared.splits, seed=cfg.seed, round_index=round_index
-        )
+    context = RoundContext(
+        config=cfg,
+        splits=prepared.splits,
+        generator=generator,
+        round_index=round_index,
+        out=out,
+        previous=round_dir(run_dir, round_index - 1),
+        judge=judge,
+        new_model=lambda: build_model(cfg, prepared.splits),
+    )
+    requests = round_requests(context, prepared.requests)
     inputs = RoundInputs(cfg, prepared.splits, generator, requests)
     metrics = run_generation_round(
         inputs,
