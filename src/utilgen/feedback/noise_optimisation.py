@@ -1,0 +1,282 @@
+"""UtilGen's initial-noise optimisation: invert a sample with asymmetric CFG, optimise its noise.
+
+UtilGen's instance level (shared/papers/000, "Input-Space Policy Optimization") also tunes a
+sample's initial noise: the sample is DDIM-inverted to its noise with one classifier-free
+guidance scale and regenerated with another (asymmetric CFG), which injects the class's
+semantics into the noise, and the noise is then optimised for utility. Per output i of a
+request (label y, conditioning c, guidance g, steps S, initial noise z_i):
+
+1. x_i = denoise(z_i, c, g): the sample the request gives as it is;
+2. z0_i = invert(x_i, c, ``inversion_guidance``, S): DDIM inversion (with
+   ``inversion_fixed_point`` refinements per step), the noise of x_i as seen at the
+   inversion guidance;
+3. minimise over z, from z0_i, with Adam (step ``learning_rate``):
+
+       L(z) = -log p(y | decode(denoise(z, c, g_regen, S)))  +  w * penalty(z)
+
+   where g_regen is ``regeneration_guidance`` (None: the generator's default) and the
+   penalty keeps z a plausible draw of N(0, I) (the sampler was trained on nothing else):
+   ``kl``, KL(N(m, v) || N(0, 1)) of the Gaussian fitted to z's D elements,
+   0.5 (v + m^2 - 1 - log v); ``norm``, (||z||^2 / D - 1)^2;
+4. the iterate with the lowest L (z0_i itself included, so ``steps`` 0 returns the inverted
+   noise) becomes the request's ``latents``, regenerated at g_regen.
+
+Outputs are optimised independently (each its own Adam parameter; the loss of a batch is
+the sum of its outputs' losses).
+
+Gradients must reach the initial noise through every denoising step, so truncated
+backpropagation (``backprop_steps``) cannot be used here and is refused; gradient
+checkpointing bounds the memory instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from utilgen.config import NoiseOptimisationConfig
+from utilgen.config.instance import NoisePenalty
+from utilgen.feedback.errors import FeedbackError
+from utilgen.feedback.prompt_ascent import (
+    BatchOutputs,
+    RowObjective,
+    batch_outputs,
+    check_text_to_image,
+    minimise_rows,
+    per_request_mean,
+    progress_or_nothing,
+    request_batches,
+    request_settings,
+)
+from utilgen.feedback.utility import LogProbUtility
+from utilgen.generate.differentiable import DifferentiableSampler
+from utilgen.generate.request import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+
+# 1. penalties that keep the noise Gaussian ------------------------------------------------
+
+
+def kl_penalty(z: torch.Tensor) -> torch.Tensor:
+    """KL(N(m, v) || N(0, 1)) per row of ``z`` (n, ...), (n,), in nats: m and v are the mean
+    and (population) variance of the row's elements, so the KL is 0.5 (v + m^2 - 1 - log v),
+    zero exactly when they are 0 and 1."""
+    flat = z.reshape(len(z), -1)
+    mean = flat.mean(dim=1)
+    var = flat.var(dim=1, unbiased=False)
+    return 0.5 * (var + mean.square() - 1.0 - var.log())
+
+
+def norm_penalty(z: torch.Tensor) -> torch.Tensor:
+    """(||z||^2 / D - 1)^2 per row of ``z`` (n, ...), (n,): zero when the row has the squared
+    norm D that a standard normal vector of D elements has on average."""
+    flat = z.reshape(len(z), -1)
+    return (flat.square().sum(dim=1) / flat.shape[1] - 1.0).square()
+
+
+def noise_penalty(z: torch.Tensor, kind: NoisePenalty) -> torch.Tensor:
+    """The configured penalty (``kl`` or ``norm``) per row of ``z``, (n,)."""
+    return kl_penalty(z) if kind == "kl" else norm_penalty(z)
+
+
+# 2. checks ----------------------------------------------------------------------------------
+
+
+def check_noise_settings(cfg: NoiseOptimisationConfig) -> None:
+    """Raise a one-line :class:`FeedbackError` for settings noise optimisation cannot honour."""
+    if cfg.backprop_steps is not None:
+        raise FeedbackError(
+            f"feedback.noise_opt.backprop_steps={cfg.backprop_steps} cannot work: the gradient "
+            "must reach the initial noise through every denoising step; set it to null (use "
+            "feedback.noise_opt.gradient_checkpointing to save memory)"
+        )
+
+
+def regeneration_guidance(sampler: DifferentiableSampler, cfg: NoiseOptimisationConfig) -> float:
+    """The guidance the optimised noise is regenerated with (None: the sampler's default)."""
+    if cfg.regeneration_guidance is None:
+        return float(sampler.guidance_scale)
+    return float(cfg.regeneration_guidance)
+
+
+# 3. the optimiser ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseResult:
+    """Requests with optimised initial noise, and what the optimisation achieved.
+
+    Attributes:
+        requests: the input requests in order, each with ``latents`` (num_outputs,
+            *noise_shape) set to its outputs' best noise, ``guidance_scale`` the regeneration
+            guidance, ``num_inference_steps`` the steps used, and ``metadata["noise_opt"]``
+            recording the run.
+        utility_before: per request, mean log p(y|x) (nats, <= 0) of the samples the request
+            gave as it was, on the float samples.
+        utility_inverted: the same for the inverted noise regenerated at the regeneration
+            guidance (what asymmetric CFG alone gives).
+        utility_after: the same for the returned noise.
+        penalty_inverted, penalty_after: per request, mean penalty of the inverted and of the
+            returned noise (nats for kl).
+    """
+
+    requests: tuple[GenerationRequest, ...]
+    utility_before: tuple[float, ...]
+    utility_inverted: tuple[float, ...]
+    utility_after: tuple[float, ...]
+    penalty_inverted: tuple[float, ...]
+    penalty_after: tuple[float, ...]
+
+
+def _noise_objective(
+    sampler: DifferentiableSampler,
+    utility: LogProbUtility,
+    cfg: NoiseOptimisationConfig,
+    cond_rows: torch.Tensor,
+    null_rows: torch.Tensor,
+    guidance: float,
+    outputs: BatchOutputs,
+) -> RowObjective:
+    """z (N, *noise_shape) -> (-log p(y|x) + w * penalty(z), log p(y|x)) per output, x
+    regenerated from z at ``guidance``."""
+    scales = torch.full((len(outputs.owner),), guidance, device=sampler.device)
+
+    def objective(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = sampler.denoise(
+            z, cond_rows, null_rows, guidance=scales, steps=outputs.steps,
+            checkpointing=cfg.gradient_checkpointing,
+        )
+        logp = utility(sampler.decode(clean), outputs.labels).float()
+        return -logp + cfg.penalty_weight * noise_penalty(z, cfg.penalty), logp
+
+    return objective
+
+
+def optimise_noise(
+    sampler: DifferentiableSampler,
+    utility: LogProbUtility,
+    requests: Sequence[GenerationRequest],
+    cfg: NoiseOptimisationConfig,
+    *,
+    progress: bool = True,
+) -> NoiseResult:
+    """UtilGen's initial-noise optimisation on every output of every request (see the module
+    docstring). Requests are processed ``cfg.batch_size`` at a time.
+
+    Raises:
+        FeedbackError: a request is img2img, or ``cfg.backprop_steps`` is set.
+    """
+    # 1. check inputs
+    requests = list(requests)
+    check_text_to_image(requests, "noise_opt")
+    check_noise_settings(cfg)
+    g_regen = regeneration_guidance(sampler, cfg)
+    if g_regen == cfg.inversion_guidance:
+        log.info(
+            "noise optimisation: inversion and regeneration guidance are both %g (symmetric "
+            "CFG): the inverted noise regenerates the sample itself",
+            g_regen,
+        )
+    out: list[GenerationRequest] = []
+    before: list[float] = []
+    inverted: list[float] = []
+    after: list[float] = []
+    pen_inverted: list[float] = []
+    pen_after: list[float] = []
+    with progress_or_nothing("noise optimisation", len(requests), progress) as advance:
+        for batch in request_batches(sampler, requests, cfg.batch_size):
+            cond, null = sampler.conditioning(batch)
+            outputs = batch_outputs(sampler, batch)
+            n = len(outputs.owner)
+            cond_rows, null_rows = cond[outputs.owner], null[outputs.owner]
+
+            # 2. the samples as requested, and their utility
+            with torch.no_grad():
+                clean = sampler.denoise(
+                    outputs.noise, cond_rows, null_rows, guidance=outputs.guidance,
+                    steps=outputs.steps,
+                )
+                original = utility(sampler.decode(clean), outputs.labels).float()
+
+            # 3. DDIM inversion at the inversion guidance
+            z0 = sampler.invert(
+                clean, cond_rows, null_rows,
+                guidance=torch.full((n,), cfg.inversion_guidance, device=sampler.device),
+                steps=outputs.steps, fixed_point=cfg.inversion_fixed_point,
+            )
+
+            # 4. optimise the noise for utility at the regeneration guidance
+            objective = _noise_objective(
+                sampler, utility, cfg, cond_rows, null_rows, g_regen, outputs
+            )
+            found = minimise_rows(
+                z0, objective, steps=cfg.steps, learning_rates=[cfg.learning_rate] * n
+            )
+
+            # 5. the optimised requests, with what was done recorded as provenance
+            penalty0 = noise_penalty(z0, cfg.penalty)
+            penalty1 = noise_penalty(found.best, cfg.penalty)
+            means = {
+                name: per_request_mean(values, outputs).tolist()
+                for name, values in (
+                    ("before", original),
+                    ("inverted", found.utility_start),
+                    ("after", found.utility_best),
+                    ("penalty_inverted", penalty0),
+                    ("penalty_after", penalty1),
+                )
+            }
+            for i, request in enumerate(batch):
+                mine = (outputs.owner == i).nonzero().flatten()
+                _, steps = request_settings(sampler, request)
+                record = {
+                    "steps": cfg.steps,
+                    "best_step": found.best_step[mine].tolist(),
+                    "learning_rate": cfg.learning_rate,
+                    "inversion_guidance": cfg.inversion_guidance,
+                    "inversion_fixed_point": cfg.inversion_fixed_point,
+                    "regeneration_guidance": g_regen,
+                    "request_guidance": float(outputs.guidance[mine[0]]),
+                    "penalty": cfg.penalty,
+                    "penalty_weight": cfg.penalty_weight,
+                    "penalty_inverted": means["penalty_inverted"][i],
+                    "penalty_after": means["penalty_after"][i],
+                    "utility_before": means["before"][i],
+                    "utility_inverted": means["inverted"][i],
+                    "utility_after": means["after"][i],
+                }
+                out.append(
+                    dataclasses.replace(
+                        request,
+                        latents=found.best[mine].detach().cpu().clone(),
+                        guidance_scale=g_regen,
+                        num_inference_steps=steps,
+                        metadata={**request.metadata, "noise_opt": record},
+                    )
+                )
+            before += means["before"]
+            inverted += means["inverted"]
+            after += means["after"]
+            pen_inverted += means["penalty_inverted"]
+            pen_after += means["penalty_after"]
+            advance(len(batch))
+    if requests:
+        log.info(
+            "noise optimisation: %d requests, mean log p(y|x) %.4f (as requested) -> %.4f "
+            "(inverted at guidance %g, regenerated at %g) -> %.4f (optimised)",
+            len(requests), sum(before) / len(before), sum(inverted) / len(inverted),
+            cfg.inversion_guidance, g_regen, sum(after) / len(after),
+        )
+    return NoiseResult(
+        requests=tuple(out),
+        utility_before=tuple(before),
+        utility_inverted=tuple(inverted),
+        utility_after=tuple(after),
+        penalty_inverted=tuple(pen_inverted),
+        penalty_after=tuple(pen_after),
+    )
