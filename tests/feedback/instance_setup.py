@@ -1,13 +1,17 @@
 """A tiny trained built-in generator and a trained small-cnn on the digits 0-2, for the
-instance-level optimisers' tests (prompt ascent, noise optimisation).
+instance-level optimisers' tests (prompt ascent, noise optimisation); and the tiny Stable
+Diffusion pipeline with an RGB small-cnn, to run the same optimisers through diffusers.
 
-Both train in a few seconds on one thread: the generator is the ~40k-parameter UNet of
-tests/generate/test_builtin_differentiable.py (its samples are rough digits), the classifier a
-small-cnn trained on 40 real digits per class, so log p(y|x) of a generated image responds to
-its pixels the way a real judge's does.
+Both digit models train in a few seconds on one thread: the generator is the ~40k-parameter
+UNet of tests/generate/test_builtin_differentiable.py (its samples are rough digits), the
+classifier a small-cnn trained on 40 real digits per class, so log p(y|x) of a generated image
+responds to its pixels the way a real judge's does.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,10 +19,14 @@ import torch
 from utilgen.config import BuiltinDiffusionConfig, TaskConfig
 from utilgen.data import LabelledData
 from utilgen.data.bundled import load_digits
-from utilgen.generate import GenerationRequest
+from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.builtin import BuiltinDiffusionGenerator, train_builtin_generator
+from utilgen.generate.diffusers_backend import DiffusersGenerator
 from utilgen.pool.payload import decode_image
 from utilgen.task import TaskModel, build_task_model, train
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
+from tiny_sd import real_data, tiny_sd_pipeline  # noqa: E402
 
 STEPS = 8
 
@@ -57,6 +65,24 @@ def judge(seed: int = 0) -> TaskModel:
     return model
 
 
+def tiny_sd_generator() -> DiffusersGenerator:
+    """The tiny SD 1.x pipeline (32 px, DDIM) as a generator: 3 steps at guidance 3."""
+    return DiffusersGenerator(
+        tiny_sd_pipeline(), model="tiny-sd", batch_size=4, steps=3, guidance_scale=3.0,
+        scheduler="ddim",
+    )
+
+
+def rgb_judge() -> TaskModel:
+    """A small-cnn for 32 px RGB images of the classes cat and dog, trained one epoch on
+    random images (its log p(y|x) only has to be differentiable in the pixels)."""
+    data = real_data(("cat", "dog"), per_class=4)
+    cfg = TaskConfig(model="small-cnn", image_size=32, epochs=1, batch_size=8)
+    model = build_task_model(cfg, "image", 2, data.items[:1], "cpu", 0)
+    train(model, data, cfg, seed=0, progress=lambda n: None)
+    return model
+
+
 def request(label: int, seed: int, **fields: object) -> GenerationRequest:
     return GenerationRequest(label=label, class_name=str(label), seed=seed, **fields)  # type: ignore[arg-type]
 
@@ -69,7 +95,7 @@ def requests_of_every_class(n_per_class: int = 2, num_outputs: int = 1) -> list[
     ]
 
 
-def pngs(generator: BuiltinDiffusionGenerator, requests: list[GenerationRequest]) -> np.ndarray:
+def pngs(generator: Generator, requests: list[GenerationRequest]) -> np.ndarray:
     """The uint8 images (n, H, W, C) ``generate`` writes for ``requests``."""
     return np.stack([decode_image(s.payload) for s in generator.generate(requests, progress=False)])
 
