@@ -26,7 +26,7 @@ from utilgen.pool.payload import decode_image
 from utilgen.task import TaskModel, build_task_model, train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
-from tiny_sd import real_data, tiny_sd_pipeline  # noqa: E402
+from tiny_sd import real_data, tiny_sd_pipeline
 
 STEPS = 8
 

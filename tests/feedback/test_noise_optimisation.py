@@ -40,8 +40,8 @@ from utilgen.errors import ConfigError
 from utilgen.feedback.errors import FeedbackError
 from utilgen.feedback.noise_optimisation import kl_penalty, norm_penalty, optimise_noise
 from utilgen.feedback.utility import LogProbUtility
-from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate import GenerationRequest
+from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate.builtin.differentiable import BuiltinSampler
 from utilgen.generate.diffusers_differentiable import DiffusersSampler
 from utilgen.task import TaskModel

@@ -45,8 +45,8 @@ from utilgen.feedback.prompt_ascent import (
     project_drift,
 )
 from utilgen.feedback.utility import LogProbUtility
-from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate import GenerationRequest
+from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate.builtin.differentiable import BuiltinSampler
 from utilgen.generate.diffusers_differentiable import DiffusersSampler
 from utilgen.task import TaskModel
