@@ -260,6 +260,8 @@ def test_checkpointing_same_gradients_fewer_saved_activations(
     torch.testing.assert_close(noise_b, noise_a, rtol=1e-4, atol=1e-6)
     # Only each step's inputs are kept (measured: about 140x fewer bytes).
     assert saved[1] * 20 < saved[0]
+    # The U-Net's block checkpointing was on only while the sampler's U-Net calls ran.
+    assert not sampler.pipeline.unet.is_gradient_checkpointing
 
 
 # -- DDIM inversion --------------------------------------------------------------------------

@@ -16,12 +16,14 @@ text-to-image request, up to uint8 rounding. So the denoising loop here is the o
 ``scheduler.step`` with ``eta = 0``, and ``vae.decode(latents / scaling_factor)``.
 
 Memory: ``backprop_steps`` K runs all but the last K denoising iterations without a graph
-(truncated backpropagation); ``checkpointing`` wraps each U-Net call in
-``torch.utils.checkpoint`` (non-reentrant), so a step keeps only its inputs and the backward
-pass recomputes one U-Net forward at a time. That bounds the graph of K steps by one U-Net's
-activations plus K latents, where diffusers' per-block ``enable_gradient_checkpointing`` would
-still keep every block boundary of every step (and switches a module shared with the
-generator and the trainers).
+(truncated backpropagation). ``checkpointing`` wraps each U-Net call in
+``torch.utils.checkpoint`` (non-reentrant), one checkpoint per guidance half, so a step keeps
+only its inputs; the backward pass recomputes one half-batch U-Net forward at a time, and
+with diffusers' own per-block checkpointing switched on during that recomputation (and only
+then: the U-Net is shared with generation and the trainers), so even the recomputed graph
+keeps only block boundaries. Measured on the tiny pipeline (benchmarks/RESULTS.md): the
+graph of 10 steps drops from about 2 GiB of saved activations to the size of one step's
+inputs, and ascent's peak memory above the loaded models stays within 2x of generation's.
 
 Limits, each a one-line :class:`~utilgen.generate.request.GenerationError`:
 
@@ -37,9 +39,11 @@ Limits, each a one-line :class:`~utilgen.generate.request.GenerationError`:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -135,6 +139,20 @@ def _scheduler_problem(scheduler: Any) -> str | None:
             "deterministic one (ddim, euler, dpm++, unipc, ...)"
         )
     return None
+
+
+@contextlib.contextmanager
+def block_checkpointing(unet: Any) -> Iterator[None]:
+    """diffusers' per-block gradient checkpointing of ``unet`` switched on inside the block
+    (public ``enable_gradient_checkpointing``) and back off after, unless it was on."""
+    was_on = bool(unet.is_gradient_checkpointing)
+    if not was_on:
+        unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if not was_on:
+            unet.disable_gradient_checkpointing()
 
 
 # 2. the sampler ---------------------------------------------------------------------------
@@ -241,8 +259,25 @@ class DiffusersSampler:
         def call(sample: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
             return unet(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
 
+        def call_by_blocks(sample: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+            # Runs again in the backward pass (the outer checkpoint's recomputation): the
+            # U-Net's own block checkpointing is on exactly while it runs, so the recomputed
+            # graph keeps only block boundaries and the shared U-Net is left as it was.
+            with block_checkpointing(unet):
+                return call(sample, hidden)
+
         if checkpointing and torch.is_grad_enabled():
-            out = checkpoint(call, model_input, embeds, use_reentrant=False)
+            # One checkpoint per guidance half: the backward pass recomputes and frees them one
+            # after the other, so at most half the batch's U-Net graph is alive at a time.
+            halves = 2 if guided else 1
+            out = torch.cat(
+                [
+                    checkpoint(call_by_blocks, sample, hidden, use_reentrant=False)
+                    for sample, hidden in zip(
+                        model_input.chunk(halves), embeds.chunk(halves), strict=True
+                    )
+                ]
+            )
         else:
             out = call(model_input, embeds)
         out = out.float()
@@ -375,7 +410,9 @@ class DiffusersSampler:
         ``backprop_steps`` K counts denoising-loop iterations (U-Net calls; the steps of a
         first-order sampler): the earlier ones run under ``no_grad``, so with K smaller
         than the loop no gradient reaches ``noise``. ``checkpointing`` recomputes each
-        U-Net forward in the backward pass (``torch.utils.checkpoint``, non-reentrant).
+        U-Net forward in the backward pass, one guidance half at a time and block by block
+        (module docstring); the forward values are those of one batched call up to float
+        rounding.
 
         Raises:
             GenerationError: mismatched batch sizes, steps < 1, or a stochastic sampler.
@@ -412,7 +449,12 @@ class DiffusersSampler:
         self._freeze()
         vae = self.pipeline.vae
         scaled = (clean.to(self.device) / vae.config.scaling_factor).to(vae.dtype)
-        image = vae.decode(scaled, return_dict=False)[0]
+        # With a graph, the decoder checkpoints block by block (diffusers' own, on for this
+        # call only): its activations at full resolution would otherwise be the largest
+        # part of a backward pass that checkpoints the U-Net.
+        checkpointing = block_checkpointing(vae) if torch.is_grad_enabled() else nullcontext()
+        with checkpointing:
+            image = vae.decode(scaled, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0.0, 1.0)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
