@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -52,8 +51,6 @@ from torch.utils.checkpoint import checkpoint
 
 from utilgen.generate.diffusers_backend import DiffusersGenerator
 from utilgen.generate.request import GenerationError, GenerationRequest
-
-logger = logging.getLogger(__name__)
 
 # Samplers whose step adds fresh noise drawn from the pipeline's torch generator: their
 # output is not a function of the initial noise alone (DPM-Solver's "sde-*" algorithm types
