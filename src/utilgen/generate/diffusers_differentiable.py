@@ -22,8 +22,9 @@ only its inputs; the backward pass recomputes one half-batch U-Net forward at a 
 with diffusers' own per-block checkpointing switched on during that recomputation (and only
 then: the U-Net is shared with generation and the trainers), so even the recomputed graph
 keeps only block boundaries. Measured on the tiny pipeline (benchmarks/RESULTS.md): the
-graph of 10 steps drops from about 2 GiB of saved activations to the size of one step's
-inputs, and ascent's peak memory above the loaded models stays within 2x of generation's.
+graph of 10 steps drops from about 2 GiB to the size of its steps' inputs, and prompt
+ascent's peak memory above the loaded models is 1.5x generation's (1.9-2.2x on the first
+call, which also pays one-time kernel caches).
 
 Limits, each a one-line :class:`~utilgen.generate.request.GenerationError`:
 
