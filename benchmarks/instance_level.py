@@ -143,16 +143,22 @@ def main() -> int:
         name: float((second.logits(items).argmax(1) == labels).mean())
         for name, items in arms.items()
     }
+    # How far each arm moved the samples: mean absolute pixel change from arm A, grey levels.
+    reference = np.stack(arms["A unoptimised"]).astype(np.float64)
+    moved = {
+        name: float(np.abs(np.stack(items).astype(np.float64) - reference).mean())
+        for name, items in arms.items()
+    }
     print()
     print(
-        f"{'arm':<22}{'judge log p':>12}{'judge fid':>11}{'2nd log p':>11}{'2nd fid':>9}"
-        f"{'median log p':>14}{'seconds':>9}"
+        f"{'arm':<22}{'judge log p':>12}{'median':>9}{'judge fid':>11}{'2nd log p':>11}"
+        f"{'2nd fid':>9}{'|dpx| vs A':>12}{'seconds':>9}"
     )
     for name in arms:
         print(
-            f"{name:<22}{judged[name].mean():>12.4f}{fidelity[name]:>11.3f}"
-            f"{unseen[name].mean():>11.4f}{fidelity_second[name]:>9.3f}"
-            f"{np.median(judged[name]):>14.4f}{seconds[name]:>9.1f}"
+            f"{name:<22}{judged[name].mean():>12.4f}{np.median(judged[name]):>9.4f}"
+            f"{fidelity[name]:>11.3f}{unseen[name].mean():>11.4f}{fidelity_second[name]:>9.3f}"
+            f"{moved[name]:>12.2f}{seconds[name]:>9.1f}"
         )
     a, b, c = judged["A unoptimised"], judged["B prompt ascent"], judged["C noise optimisation"]
     p_ascent = float(wilcoxon(b, a, alternative="greater").pvalue)

@@ -71,7 +71,7 @@ def _cfg(**fields: object) -> NoiseOptimisationConfig:
         "steps": 4, "learning_rate": 0.1, "gradient_checkpointing": False,
         "inversion_fixed_point": 1,
     }
-    return NoiseOptimisationConfig(**{**base, **fields})  # type: ignore[arg-type]
+    return NoiseOptimisationConfig(**{**base, **fields})
 
 
 # ---- 1. known answers: the penalties -------------------------------------------------------

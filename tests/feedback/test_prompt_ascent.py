@@ -77,7 +77,7 @@ def _cfg(**fields: object) -> PromptAscentConfig:
     base: dict[str, object] = {
         "steps": 4, "learning_rate": 0.3, "max_drift": 0.05, "gradient_checkpointing": False,
     }
-    return PromptAscentConfig(**{**base, **fields})  # type: ignore[arg-type]
+    return PromptAscentConfig(**{**base, **fields})
 
 
 # ---- 1. known answers: distances, drift, projection ------------------------------------------

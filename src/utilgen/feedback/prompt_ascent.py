@@ -87,7 +87,7 @@ def embedding_distance(e: torch.Tensor, e0: torch.Tensor, measure: DriftMeasure)
 
 def embedding_drift(e: torch.Tensor, e0: torch.Tensor, measure: DriftMeasure) -> torch.Tensor:
     """The quantity ``max_drift`` bounds, per row (R,): cosine, the largest 1 - cos over a
-    row's tokens; l2, ||e - e0|| / ||e0|` (the regulariser itself)."""
+    row's tokens; l2, ||e - e0|| / ||e0|| (the regulariser itself)."""
     if measure == "cosine":
         cos = F.cosine_similarity(_tokens(e), _tokens(e0), dim=-1, eps=_EPS)
         return (1.0 - cos).amax(dim=1)
