@@ -114,7 +114,10 @@ def feedback_effect(
         "label_fidelity_first": fidelity[0] if fidelity else None,
         "label_fidelity_last": fidelity[-1] if fidelity else None,
         "feedback": list(config.feedback.components),
-        "pair_score": config.feedback.pairs.score,
+        # Which score ranked the preference pairs; None when no pairs were built.
+        "pair_score": (
+            config.feedback.pairs.score if "dpo" in config.feedback.components else None
+        ),
     }
 
 
