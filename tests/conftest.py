@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,3 +31,22 @@ def quiet_one_thread() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         set_quiet(was)
+
+
+@pytest.fixture()
+def cli_error(capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], str]:
+    """Run the CLI with ``args`` and return its one error line, asserting exit code 2, a
+    single ``utilgen: error:`` line and no traceback (the contract for bad input)."""
+    from utilgen.cli import main
+
+    def run(args: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err
+        lines = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1 and lines[0].startswith("utilgen: error: "), err
+        assert "Traceback" not in err
+        return lines[0]
+
+    return run

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from diffusers import DDIMScheduler
+from tiny_builtin import tiny_generator
 
-from utilgen.config import BuiltinDiffusionConfig, RunConfig, resolve_config
-from utilgen.generate.builtin import BuiltinDiffusionGenerator, builtin_class_requests
-from utilgen.generate.builtin.model import ClassConditionalUNet, ImageFormat, build_unet
-from utilgen.generate.builtin.training import ddpm_scheduler
+from utilgen.config import RunConfig, resolve_config
+from utilgen.generate.builtin import builtin_class_requests
 from utilgen.loop import generation_round
 from utilgen.loop.run import Prepared, prepare, run
 from utilgen.pool import PoolStore
@@ -31,18 +28,6 @@ PER_CLASS = 4
 
 
 pytestmark = pytest.mark.usefixtures("quiet_one_thread")
-
-
-def tiny_generator(class_names: tuple[str, ...]) -> BuiltinDiffusionGenerator:
-    cfg = BuiltinDiffusionConfig(block_out_channels=[8, 16], norm_num_groups=4, steps=3)
-    torch.manual_seed(0)
-    model = ClassConditionalUNet(build_unet(cfg, 1, 8), len(class_names))
-    scheduler = DDIMScheduler.from_config(ddpm_scheduler(cfg).config)
-    return BuiltinDiffusionGenerator(
-        model, scheduler, class_names=class_names,
-        image_format=ImageFormat(height=8, width=8, channels=1, size=8),
-        guidance_scale=1.5, steps=3, batch_size=8,
-    )
 
 
 def config() -> RunConfig:
