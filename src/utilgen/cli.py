@@ -207,6 +207,31 @@ def report_cmd(
         write_text_atomic(out, to_markdown(summaries))
 
 
+@app.command(
+    "compare",
+    epilog="Example:\n\n  utilgen compare digits-real-only digits-static --seeds 3 --out cmp",
+)
+def compare_cmd(
+    configs: Annotated[
+        list[str], typer.Argument(help="Config files or preset names.", show_default=False)
+    ],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per config.")] = 3,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Comparison directory.")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Run each config over N seeds (resumable) and compare: mean, 95% CI, paired t-tests."""
+    from utilgen.loop.compare import run_comparison, seed_configs
+
+    cfgs = seed_configs(configs, seeds, set_ or [])  # validate all before any run
+    _, comparison = run_comparison(cfgs, out)
+    from utilgen.report.compare import comparison_markdown
+
+    out_console.print(comparison_markdown(comparison))
+    out_console.print(f"runs under {out}/<name>/seed-<n>/; table in {out}/comparison.md")
+
+
 @app.command("demo", epilog="Examples:\n\n  utilgen demo\n\n  utilgen demo --fast --out /tmp/demo")
 def demo_cmd(
     fast: Annotated[
