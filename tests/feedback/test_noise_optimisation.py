@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,11 @@ import torch
 from instance_setup import (
     as_uint8,
     clear_grads,
-    judge,
     no_weight_has_grad,
     pngs,
     request,
     requests_of_every_class,
     rgb_judge,
-    tiny_generator,
     tiny_sd_generator,
 )
 
@@ -45,22 +43,7 @@ from utilgen.generate.builtin.differentiable import BuiltinSampler
 from utilgen.generate.diffusers_differentiable import DiffusersSampler
 from utilgen.task import TaskModel
 
-
-@pytest.fixture(autouse=True)
-def _quiet(quiet_one_thread: None) -> Iterator[None]:
-    yield
-
-
-@pytest.fixture(scope="module")
-def generator() -> BuiltinDiffusionGenerator:
-    torch.set_num_threads(1)
-    return tiny_generator()
-
-
-@pytest.fixture(scope="module")
-def model() -> TaskModel:
-    torch.set_num_threads(1)
-    return judge()
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def _cfg(**fields: object) -> NoiseOptimisationConfig:

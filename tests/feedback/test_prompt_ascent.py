@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +23,11 @@ import torch
 from instance_setup import (
     as_uint8,
     clear_grads,
-    judge,
     no_weight_has_grad,
     pngs,
     request,
     requests_of_every_class,
     rgb_judge,
-    tiny_generator,
     tiny_sd_generator,
 )
 
@@ -53,21 +51,7 @@ from utilgen.task import TaskModel
 TOL = 1e-5  # the bound holds to float32 rounding
 
 
-@pytest.fixture(autouse=True)
-def _quiet(quiet_one_thread: None) -> Iterator[None]:
-    yield
-
-
-@pytest.fixture(scope="module")
-def generator() -> BuiltinDiffusionGenerator:
-    torch.set_num_threads(1)
-    return tiny_generator()
-
-
-@pytest.fixture(scope="module")
-def model() -> TaskModel:
-    torch.set_num_threads(1)
-    return judge()
+pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
 
 def _cfg(**fields: object) -> PromptAscentConfig:
