@@ -53,14 +53,13 @@ from utilgen.feedback.hard_samples import (
 )
 from utilgen.generate import GenerationError
 from utilgen.generate.builtin import train_builtin_generator
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.generate.diffusers_backend import DiffusersGenerator
 from utilgen.generate.prompts import CaptionEntry, CaptionTable
 from utilgen.pool.payload import decode_image
 from utilgen.task import TaskModel, build_task_model
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
-from tiny_lm import bigram_llama, line_tokenizer
+from tiny_lm import scripted_lm
 from tiny_sd import real_data, tiny_sd_pipeline
 
 
@@ -338,21 +337,6 @@ REWRITES = {
 INVALID = ["a photo of a bird, which is running on grass", "a dog on grass"]
 
 
-def _scripted_lm(lines: list[str], stop: float = 0.3) -> CausalLMGenerator:
-    """Replies are lines of ``lines`` drawn uniformly, ended with probability ``stop``."""
-    tokenizer = line_tokenizer(lines)
-    uniform = {line: 1 / len(lines) for line in lines}
-    table = {
-        "<|assistant|>": uniform,
-        "\n": {**{k: v * (1 - stop) for k, v in uniform.items()}, "</s>": stop},
-        **{line: {"\n": 1.0} for line in lines},
-    }
-    return CausalLMGenerator(
-        bigram_llama(tokenizer, table), tokenizer, name="scripted",
-        sampling=SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=40),
-    )
-
-
 def _perturbation(**changes: object) -> CaptionPerturbationConfig:
     fields: dict[str, object] = dict(versions=2, max_changed_words=1, max_attempts=12)
     fields.update(changes)
@@ -368,7 +352,7 @@ def test_stable_diffusion_img2img_samples_carry_parent_strength_and_caption() ->
         0: [_parent(0, "cat", 1, 0.1, 1), _parent(0, "cat", 0, 0.2, 0)],
         1: [_parent(1, "dog", 5, 0.3, 5), _parent(1, "dog", 3, 0.4, 3)],
     }
-    lm = _scripted_lm([line for v in REWRITES.values() for line in v] + INVALID)
+    lm = scripted_lm([line for v in REWRITES.values() for line in v] + INVALID, stop=0.3)
     captions = perturbed_parent_captions(
         lm, parents, CAPTIONS, _perturbation(on_shortfall="error"),
         diffusers=gen_cfg.diffusers, class_names=data.class_names, seed=0, round_index=1,
@@ -427,7 +411,8 @@ def test_no_rewrite_errors_or_warns_and_keeps_the_caption_never_the_class_prompt
 ) -> None:
     data = real_data(("cat", "dog"), per_class=3)
     parents = {0: [_parent(0, "cat", 0, 0.1, 0)], 1: [_parent(1, "dog", 3, 0.2, 3)]}
-    lm = _scripted_lm(INVALID + REWRITES["a photo of a dog, which is running on grass"][:1])
+    one_rewrite = REWRITES["a photo of a dog, which is running on grass"][:1]
+    lm = scripted_lm(INVALID + one_rewrite, stop=0.3)
     kwargs = dict(diffusers=DiffusersConfig(), class_names=data.class_names, seed=0, round_index=1)
     with pytest.raises(GenerationError, match="valid rewrites") as err:
         perturbed_parent_captions(lm, parents, CAPTIONS, _perturbation(max_attempts=3,

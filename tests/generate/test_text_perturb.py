@@ -13,11 +13,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from tiny_lm import bigram_llama, line_tokenizer, one_thread
+from tiny_lm import one_thread, scripted_lm
 
 from utilgen.config import CaptionPerturbationConfig
 from utilgen.generate import GenerationError
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.generate.perturb import (
     accept_rewrite,
     perturb_caption,
@@ -62,24 +61,8 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-def _scripted_lm(lines: list[str], stop: float = 0.2) -> CausalLMGenerator:
-    """Replies are 1+ lines of ``lines``, each drawn uniformly, ended with probability
-    ``stop`` after each line."""
-    tokenizer = line_tokenizer(lines)
-    uniform = {line: 1 / len(lines) for line in lines}
-    table = {
-        "<|assistant|>": uniform,
-        "\n": {**{k: v * (1 - stop) for k, v in uniform.items()}, "</s>": stop},
-        **{line: {"\n": 1.0} for line in lines},
-    }
-    return CausalLMGenerator(
-        bigram_llama(tokenizer, table), tokenizer, name="scripted",
-        sampling=SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=40),
-    )
-
-
 def test_returns_m_distinct_rewrites_keeping_the_text_before_the_comma() -> None:
-    lm = _scripted_lm(VALID + INVALID)
+    lm = scripted_lm(VALID + INVALID)
     cfg = CaptionPerturbationConfig(versions=3, max_attempts=10, on_shortfall="error")
     for seed in range(5):
         result = perturb_caption(lm, CAPTION, cfg, seed=seed)
@@ -92,7 +75,7 @@ def test_returns_m_distinct_rewrites_keeping_the_text_before_the_comma() -> None
 
 
 def test_results_do_not_depend_on_the_other_captions() -> None:
-    lm = _scripted_lm(VALID + INVALID)
+    lm = scripted_lm(VALID + INVALID)
     other = "a photo of a tabby, which is on a chair"
     cfg = CaptionPerturbationConfig(versions=2, max_attempts=10)
     alone = perturb_caption(lm, CAPTION, cfg, seed=1)
@@ -101,7 +84,7 @@ def test_results_do_not_depend_on_the_other_captions() -> None:
 
 
 def test_shortfall_warns_or_raises() -> None:
-    lm = _scripted_lm([*INVALID, VALID[0]], stop=0.5)  # one valid rewrite, written two ways
+    lm = scripted_lm([*INVALID, VALID[0]], stop=0.5)  # one valid rewrite, written two ways
     cfg = CaptionPerturbationConfig(versions=3, max_attempts=3)
     with pytest.raises(GenerationError, match="found 1 of 3 valid rewrites") as err:
         perturb_caption(lm, CAPTION, cfg.model_copy(update={"on_shortfall": "error"}), seed=0)
@@ -109,7 +92,7 @@ def test_shortfall_warns_or_raises() -> None:
 
 
 def test_shortfall_warning_returns_what_was_found(caplog: pytest.LogCaptureFixture) -> None:
-    lm = _scripted_lm(INVALID[:-1])  # the last one is valid when it comes alone
+    lm = scripted_lm(INVALID[:-1])  # the last one is valid when it comes alone
     cfg = CaptionPerturbationConfig(versions=2, max_attempts=2, on_shortfall="warn")
     with caplog.at_level(logging.WARNING):
         result = perturb_caption(lm, CAPTION, cfg, seed=0)
@@ -118,7 +101,7 @@ def test_shortfall_warning_returns_what_was_found(caplog: pytest.LogCaptureFixtu
 
 
 def test_scene_only_lines_when_allowed() -> None:
-    lm = _scripted_lm(["sitting on a bench in a park"])
+    lm = scripted_lm(["sitting on a bench in a park"])
     strict = CaptionPerturbationConfig(versions=1, max_attempts=1)
     assert perturb_caption(lm, CAPTION, strict, seed=0).rewrites == ()
     lenient = strict.model_copy(update={"accept_scene_only": True})
@@ -128,7 +111,7 @@ def test_scene_only_lines_when_allowed() -> None:
 
 
 def test_prompts_follow_the_config() -> None:
-    lm = _scripted_lm(VALID)
+    lm = scripted_lm(VALID)
     seen: list[tuple[list[str], str | None]] = []
     complete = lm.complete
 

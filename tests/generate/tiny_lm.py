@@ -16,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from utilgen.generate.causal_lm import CausalLMGenerator
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -163,3 +167,22 @@ def bigram_llama(
         # logits[next] = lm_head[next] . (e_token * sqrt(hidden)) = log_probs[token, next]
         model.lm_head.weight[:, :vocab] = log_probs.T / math.sqrt(hidden)
     return model.eval()
+
+
+def scripted_lm(lines: Sequence[str], stop: float = 0.2) -> CausalLMGenerator:
+    """A ``CausalLMGenerator`` whose replies, after the chat template's assistant tag, are 1+
+    lines of ``lines``, each drawn uniformly, ended with probability ``stop`` after each line:
+    an LM whose every possible answer the test knows."""
+    from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+
+    tokenizer = line_tokenizer(lines)
+    uniform = {line: 1 / len(lines) for line in lines}
+    table = {
+        "<|assistant|>": uniform,
+        "\n": {**{k: v * (1 - stop) for k, v in uniform.items()}, "</s>": stop},
+        **{line: {"\n": 1.0} for line in lines},
+    }
+    return CausalLMGenerator(
+        bigram_llama(tokenizer, table), tokenizer, name="scripted",
+        sampling=SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=40),
+    )
