@@ -58,11 +58,6 @@ class RoundContext:
     new_model: Callable[[], TaskModel]
 
 
-def uses_instance_feedback(config: RunConfig) -> bool:
-    """Whether any instance-level component is on."""
-    return any(c in config.feedback.components for c in ("hard_samples", *OPTIMISERS))
-
-
 def _scorer(ctx: RoundContext, which: str) -> TaskModel:
     """The judge, or the student: the classifier trained in the previous round."""
     if which == "judge":
