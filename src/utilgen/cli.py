@@ -267,9 +267,7 @@ def demo_cmd(
 )
 def feedback_cmd(
     run_dir: RunArg,
-    round_: Annotated[
-        int, typer.Option("--round", "-r", help="The round whose scores feed back.")
-    ],
+    round_: Annotated[int, typer.Option("--round", "-r", help="The round whose scores feed back.")],
 ) -> None:
     """Train one round's model-level (DPO) feedback; runs under `accelerate launch`."""
     from utilgen.loop.feedback_step import train_round_feedback

@@ -211,8 +211,11 @@ class FewShotPromptConfig(Section):
         if value in PROMPT_TEMPLATES:
             return value
         return _check_placeholders(
-            value, required={"examples", "label"}, allowed=set(TEMPLATE_FIELDS),
-            what="prompt template", hint=f" (or name one of: {', '.join(PROMPT_TEMPLATES)})",
+            value,
+            required={"examples", "label"},
+            allowed=set(TEMPLATE_FIELDS),
+            what="prompt template",
+            hint=f" (or name one of: {', '.join(PROMPT_TEMPLATES)})",
         )
 
     @field_validator("example_template")
@@ -333,6 +336,8 @@ class CaptionPerturbationConfig(Section):
     @classmethod
     def _user_placeholders(cls, value: str) -> str:
         return _check_placeholders(
-            value, required={"caption"}, allowed={"caption", "m"},
+            value,
+            required={"caption"},
+            allowed={"caption", "m"},
             what="perturbation user prompt",
         )

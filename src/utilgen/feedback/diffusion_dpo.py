@@ -74,6 +74,7 @@ from torch import nn
 
 from utilgen.atomic import write_json_atomic
 from utilgen.config.feedback import DiffusionDPOConfig
+from utilgen.faults import fault_point
 from utilgen.feedback.errors import FeedbackError
 from utilgen.progress import progress_bar
 
@@ -488,6 +489,7 @@ def _run_dpo(
 
 
 def _write_result(out_dir: Path, result: DiffusionDPOResult, extra: dict[str, Any]) -> None:
+    fault_point("feedback.trained")
     write_json_atomic(
         out_dir / RESULT_FILE,
         {

@@ -179,9 +179,7 @@ def check_hard_sample_inputs(
 # 2. the parents -------------------------------------------------------------------------
 
 
-def hard_parents(
-    model: TaskModel, real_train: LabelledData, k: int
-) -> dict[int, list[HardParent]]:
+def hard_parents(model: TaskModel, real_train: LabelledData, k: int) -> dict[int, list[HardParent]]:
     """Per class label, the ``k`` real training samples with the lowest marginal p(y|x)
     under ``model``, lowest first (equal marginals: smaller id first).
 
@@ -213,7 +211,9 @@ def hard_parents(
     chosen = [p.marginal for members in out.values() for p in members] or [float("nan")]
     log.info(
         "hard samples: %d parent(s) per class, marginal p(y|x) from %.3g to %.3g",
-        k, min(chosen), max(chosen),
+        k,
+        min(chosen),
+        max(chosen),
     )
     return out
 

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from utilgen.atomic import write_json_atomic
 from utilgen.config.feedback import LMDPOConfig
+from utilgen.faults import fault_point
 from utilgen.feedback.dpo_loss import DPOLossOutput, sequence_logps, weighted_dpo_loss
 from utilgen.feedback.errors import FeedbackError
 from utilgen.progress import progress_bar
@@ -663,7 +664,10 @@ def train_lm_dpo(
     total = steps_per_epoch * cfg.epochs
     log.info(
         "U-DPO: %d pairs, %d epochs, %d optimiser steps, %s, %d processes",
-        len(tokens), cfg.epochs, total, "LoRA" if lora else "full fine-tune",
+        len(tokens),
+        cfg.epochs,
+        total,
+        "LoRA" if lora else "full fine-tune",
         accelerator.num_processes,
     )
 
@@ -681,8 +685,14 @@ def train_lm_dpo(
                 sampler.set_epoch(epoch)
                 for batch in loader:
                     out, grad_norm = dpo_train_step(
-                        accelerator, prepared, optimizer, params, batch,
-                        beta=cfg.beta, max_grad_norm=cfg.max_grad_norm, reference=reference,
+                        accelerator,
+                        prepared,
+                        optimizer,
+                        params,
+                        batch,
+                        beta=cfg.beta,
+                        max_grad_norm=cfg.max_grad_norm,
+                        reference=reference,
                         logits_to_keep=keep,
                     )
                     pending.add(accelerator, out)
@@ -710,6 +720,7 @@ def train_lm_dpo(
         _save(trained, out_dir, lora)
     accelerator.wait_for_everyone()
     target, tag = _saved_tag(out_dir, lora)
+    fault_point("feedback.trained")
     if main:
         write_json_atomic(
             out_dir / RESULT_FILE,
@@ -728,7 +739,4 @@ def train_lm_dpo(
     accelerator.free_memory()
     trained.eval()
     log.info("U-DPO done: %d steps, saved %s (%s)", step, target, tag)
-    return LMDPOResult(
-        adapter_dir=target, tag=tag, steps=step, history=logs.history, model=trained
-    )
-
+    return LMDPOResult(adapter_dir=target, tag=tag, steps=step, history=logs.history, model=trained)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from utilgen.config import RunConfig
 from utilgen.errors import UtilgenError
+from utilgen.faults import fault_point
 from utilgen.feedback.pairs import build_pairs, pairs_path, read_pairs, write_pairs
 from utilgen.generate import Generator
 from utilgen.pool import PoolStore
@@ -153,6 +154,7 @@ def apply_model_feedback(
     if (out / RESULT_FILE).exists():
         return restore_model_feedback(generator, config, run_dir, round_index)
     pairs = round_pairs(store, config, run_dir, round_index)
+    fault_point("feedback.pairs")
     kind = config.generator.kind
     seed = config.seed + round_index
     if kind == "causal-lm":

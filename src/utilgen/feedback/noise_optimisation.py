@@ -148,7 +148,11 @@ def _noise_objective(
 
     def objective(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clean = sampler.denoise(
-            z, cond_rows, null_rows, guidance=scales, steps=outputs.steps,
+            z,
+            cond_rows,
+            null_rows,
+            guidance=scales,
+            steps=outputs.steps,
             checkpointing=cfg.gradient_checkpointing,
         )
         logp = utility(sampler.decode(clean), outputs.labels).float()
@@ -198,16 +202,22 @@ def optimise_noise(
             # 2. the samples as requested, and their utility
             with torch.no_grad():
                 clean = sampler.denoise(
-                    outputs.noise, cond_rows, null_rows, guidance=outputs.guidance,
+                    outputs.noise,
+                    cond_rows,
+                    null_rows,
+                    guidance=outputs.guidance,
                     steps=outputs.steps,
                 )
                 original = utility(sampler.decode(clean), outputs.labels).float()
 
             # 3. DDIM inversion at the inversion guidance
             z0 = sampler.invert(
-                clean, cond_rows, null_rows,
+                clean,
+                cond_rows,
+                null_rows,
                 guidance=torch.full((n,), cfg.inversion_guidance, device=sampler.device),
-                steps=outputs.steps, fixed_point=cfg.inversion_fixed_point,
+                steps=outputs.steps,
+                fixed_point=cfg.inversion_fixed_point,
             )
 
             # 4. optimise the noise for utility at the regeneration guidance
@@ -269,8 +279,12 @@ def optimise_noise(
         log.info(
             "noise optimisation: %d requests, mean log p(y|x) %.4f (as requested) -> %.4f "
             "(inverted at guidance %g, regenerated at %g) -> %.4f (optimised)",
-            len(requests), sum(before) / len(before), sum(inverted) / len(inverted),
-            cfg.inversion_guidance, g_regen, sum(after) / len(after),
+            len(requests),
+            sum(before) / len(before),
+            sum(inverted) / len(inverted),
+            cfg.inversion_guidance,
+            g_regen,
+            sum(after) / len(after),
         )
     return NoiseResult(
         requests=tuple(out),

@@ -343,8 +343,12 @@ def _ascent_objective(
 
     def objective(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         clean = sampler.denoise(
-            outputs.noise, e[outputs.owner], null_rows, guidance=outputs.guidance,
-            steps=outputs.steps, backprop_steps=cfg.backprop_steps,
+            outputs.noise,
+            e[outputs.owner],
+            null_rows,
+            guidance=outputs.guidance,
+            steps=outputs.steps,
+            backprop_steps=cfg.backprop_steps,
             checkpointing=cfg.gradient_checkpointing,
         )
         logp = per_request_mean(utility(sampler.decode(clean), outputs.labels).float(), outputs)
@@ -431,8 +435,12 @@ def ascend_prompts(
         log.info(
             "prompt ascent: %d requests, mean log p(y|x) %.4f -> %.4f, largest %s drift %.4g "
             "(bound %.4g)",
-            len(requests), sum(before) / len(before), sum(after) / len(after),
-            cfg.regulariser, max(drift), cfg.max_drift,
+            len(requests),
+            sum(before) / len(before),
+            sum(after) / len(after),
+            cfg.regulariser,
+            max(drift),
+            cfg.max_drift,
         )
     return AscentResult(
         requests=tuple(out),

@@ -109,7 +109,9 @@ def resolve_model_source(model: str | None, gguf_file: str | None = None) -> Mod
     """
     if model is None:
         return ModelSource(
-            str(bundled_smollm2_dir()), SMOLLM2_GGUF, f"{SMOLLM2_REQUIREMENT}:{SMOLLM2_GGUF}",
+            str(bundled_smollm2_dir()),
+            SMOLLM2_GGUF,
+            f"{SMOLLM2_REQUIREMENT}:{SMOLLM2_GGUF}",
             local=True,
         )
     local = Path(model).expanduser()
@@ -191,8 +193,11 @@ def load_causal_lm(cfg: CausalLMConfig, device: torch.device) -> tuple[Any, Any,
         AutoTokenizer.from_pretrained, source, "tokenizer", trust_remote_code=cfg.trust_remote_code
     )
     model = _load(
-        AutoModelForCausalLM.from_pretrained, source, "causal LM",
-        trust_remote_code=cfg.trust_remote_code, dtype=resolve_dtype(cfg.dtype, device),
+        AutoModelForCausalLM.from_pretrained,
+        source,
+        "causal LM",
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=resolve_dtype(cfg.dtype, device),
     )
     if source.gguf_file is not None:
         # The weights are already float; the quantizer would only block saving and training.
@@ -214,9 +219,9 @@ def adapter_hash(adapter_dir: str | Path) -> str:
     root = Path(adapter_dir)
     h = hashlib.sha256()
     for path in sorted(root.iterdir()):
-        if path.is_file() and (path.name == "adapter_config.json" or path.suffix in {
-            ".safetensors", ".bin"
-        }):
+        if path.is_file() and (
+            path.name == "adapter_config.json" or path.suffix in {".safetensors", ".bin"}
+        ):
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:12]
@@ -325,9 +330,9 @@ class PerRowSampling(LogitsProcessor):
                 f"{scores.shape[0]} rows but {len(self.generators)} seeded generators"
             )
         cdf = torch.softmax(scores.float(), dim=-1).cumsum_(dim=-1)
-        u = torch.cat(
-            [torch.rand(1, generator=g, device=g.device) for g in self.generators]
-        ).to(scores.device)
+        u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generators]).to(
+            scores.device
+        )
         # right=True: the first token whose cumulative mass exceeds u (never a zero-mass one).
         token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True)
         token.clamp_(max=scores.shape[-1] - 1)
@@ -505,7 +510,10 @@ class CausalLMGenerator:
     def _encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         # Chat templates write their own BOS; raw prompts get the tokenizer's specials.
         enc = self.tokenizer(
-            list(texts), return_tensors="pt", padding=True, padding_side="left",
+            list(texts),
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
             add_special_tokens=not self.chat,
         )
         keep = ("input_ids", "attention_mask")

@@ -45,14 +45,21 @@ def build_generator(
         # Loads the pipeline, then trains (or loads from cache) what the config asks for on
         # the real images: textual-inversion tokens and the LoRA adapter.
         return prepare_diffusers_generator(
-            cfg.diffusers, task_train=splits.train, device=device, batch_size=cfg.batch_size,
-            seed=seed, progress=progress,
+            cfg.diffusers,
+            task_train=splits.train,
+            device=device,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            progress=progress,
         )
     if cfg.kind == "causal-lm":
         from utilgen.generate.causal_lm import CausalLMGenerator
 
         return CausalLMGenerator.from_config(
-            cfg.lm, device=device, batch_size=cfg.batch_size, seed=seed,
+            cfg.lm,
+            device=device,
+            batch_size=cfg.batch_size,
+            seed=seed,
             cleaning=cfg.text_filters,
         )
     raise GenerationError(f"generator.kind={cfg.kind!r} does not generate; pick a generator")
@@ -68,21 +75,31 @@ def static_requests(
         from utilgen.generate.builtin import builtin_class_requests
 
         return builtin_class_requests(
-            class_names, per_class=cfg.per_class, seed=seed, round_index=round_index,
+            class_names,
+            per_class=cfg.per_class,
+            seed=seed,
+            round_index=round_index,
             cfg=cfg.builtin,
         )
     if cfg.kind == "diffusers":
         from utilgen.generate.prompts import class_prompt_requests
 
         return class_prompt_requests(
-            class_names, per_class=cfg.per_class, seed=seed, round_index=round_index,
-            cfg=cfg.diffusers, real=splits.train,
+            class_names,
+            per_class=cfg.per_class,
+            seed=seed,
+            round_index=round_index,
+            cfg=cfg.diffusers,
+            real=splits.train,
         )
     if cfg.kind == "causal-lm":
         from utilgen.generate.fewshot import fewshot_requests
 
         return fewshot_requests(
-            splits.train, per_class=cfg.per_class, seed=seed, round_index=round_index,
+            splits.train,
+            per_class=cfg.per_class,
+            seed=seed,
+            round_index=round_index,
             cfg=cfg.text_prompt,
         )
     raise GenerationError(f"generator.kind={cfg.kind!r} does not generate; pick a generator")

@@ -25,8 +25,17 @@ from utilgen.generate.request import GenerationRequest
 
 _TENSORS = ("prompt_embeds", "negative_prompt_embeds", "latents")
 _SCALARS = (
-    "label", "class_name", "seed", "prompt", "negative_prompt", "guidance_scale",
-    "num_inference_steps", "strength", "parent_id", "num_outputs", "perturbation",
+    "label",
+    "class_name",
+    "seed",
+    "prompt",
+    "negative_prompt",
+    "guidance_scale",
+    "num_inference_steps",
+    "strength",
+    "parent_id",
+    "num_outputs",
+    "perturbation",
 )
 
 

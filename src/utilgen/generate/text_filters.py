@@ -106,9 +106,7 @@ def _normalised(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def copied_real_texts(
-    texts: Sequence[str], real_texts: Sequence[str], n: int
-) -> list[int | None]:
+def copied_real_texts(texts: Sequence[str], real_texts: Sequence[str], n: int) -> list[int | None]:
     """For each text, the index of a real text sharing a run of ``n`` words with it (or None).
 
     The n-grams of the generated texts (few) are indexed and the real texts (many) scanned,

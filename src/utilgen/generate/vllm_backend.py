@@ -73,8 +73,15 @@ class VLLMGenerator(CausalLMGenerator):
         self.max_model_len = max_model_len
         # No transformers model: the engine holds the weights; prompts stay on the CPU.
         super().__init__(
-            None, tokenizer, name=name, device="cpu", batch_size=batch_size, sampling=sampling,
-            system_prompt=system_prompt, use_chat_template=use_chat_template, cleaning=cleaning,
+            None,
+            tokenizer,
+            name=name,
+            device="cpu",
+            batch_size=batch_size,
+            sampling=sampling,
+            system_prompt=system_prompt,
+            use_chat_template=use_chat_template,
+            cleaning=cleaning,
         )
 
     @classmethod
@@ -101,7 +108,9 @@ class VLLMGenerator(CausalLMGenerator):
             )
         source = resolve_model_source(cfg.model, cfg.gguf_file)
         tokenizer = _load(
-            AutoTokenizer.from_pretrained, source, "tokenizer",
+            AutoTokenizer.from_pretrained,
+            source,
+            "tokenizer",
             trust_remote_code=cfg.trust_remote_code,
         )
         model_path = (
@@ -122,10 +131,15 @@ class VLLMGenerator(CausalLMGenerator):
             name = f"{name}+{tag}"
             lora = LoRARequest(tag, 1, cfg.adapter)
         return cls(
-            llm, tokenizer, name=name, lora=lora,
+            llm,
+            tokenizer,
+            name=name,
+            lora=lora,
             max_model_len=llm.llm_engine.model_config.max_model_len,
-            batch_size=batch_size, sampling=SamplingSettings.from_config(cfg),
-            system_prompt=cfg.system_prompt, use_chat_template=cfg.use_chat_template,
+            batch_size=batch_size,
+            sampling=SamplingSettings.from_config(cfg),
+            system_prompt=cfg.system_prompt,
+            use_chat_template=cfg.use_chat_template,
             cleaning=cleaning,
         )
 

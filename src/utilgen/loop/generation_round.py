@@ -20,6 +20,7 @@ import numpy as np
 from utilgen.config import RunConfig
 from utilgen.data import LabelledData, Splits
 from utilgen.errors import UtilgenError
+from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
 from utilgen.pool import PoolStore, Sample
 from utilgen.task import TaskModel, evaluate, train, train_val_gap
@@ -69,9 +70,11 @@ def generate_into_pool(
         buffer.append(sample)
         if len(buffer) >= APPEND_EVERY:
             added += store.append(buffer)
+            fault_point("generate.append")
             buffer = []
     if buffer:
         added += store.append(buffer)
+        fault_point("generate.append")
     return added
 
 
@@ -136,10 +139,12 @@ def value_and_select(
         seed=cfg.seed,
     )
     record_scores(store, round_index, frame)
+    fault_point("value.scored")
     if not cfg.valuation.selection:
         return None
     selection = build_selector(cfg.valuation.selection).select(scored_samples(candidates, frame))
     apply_selection(store, round_index, selection)
+    fault_point("select.applied")
     return selection.weights()
 
 
@@ -166,6 +171,7 @@ def run_generation_round(
 
     # 1. generate what the pool lacks
     generate_into_pool(inputs.generator, inputs.requests, store, round_index)
+    fault_point("generate.done")
 
     # 2. filter (texts: empty, short, long, duplicate, copied), decisions recorded in the pool
     if splits.train.modality == "text":

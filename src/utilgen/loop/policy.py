@@ -25,6 +25,7 @@ from pathlib import Path
 from utilgen.config import RunConfig
 from utilgen.data import Splits
 from utilgen.errors import UtilgenError
+from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import static_requests
 from utilgen.task import TaskModel
@@ -73,9 +74,9 @@ def _scorer(ctx: RoundContext, which: str) -> TaskModel:
     return model
 
 
-def round_requests(ctx: RoundContext, first_round: Sequence[GenerationRequest] = ()) -> list[
-    GenerationRequest
-]:
+def round_requests(
+    ctx: RoundContext, first_round: Sequence[GenerationRequest] = ()
+) -> list[GenerationRequest]:
     """The requests round ``ctx.round_index`` generates (see the module docstring).
 
     ``first_round``: round 1's static requests when already built (``prepare`` builds them
@@ -114,6 +115,7 @@ def _optimised_requests(
         requests = list(ascend_prompts(sampler, utility, requests, feedback.prompt_ascent).requests)
     if "noise_opt" in feedback.components:
         requests = list(optimise_noise(sampler, utility, requests, feedback.noise_opt).requests)
+    fault_point("policy.planned")
     write_requests(path, requests)
     return requests
 
@@ -153,13 +155,23 @@ def _hard_sample_requests(ctx: RoundContext) -> list[GenerationRequest]:
                 seed=cfg.seed,
             )
             prompts = perturbed_parent_captions(
-                lm, parents, table, cfg.generator.perturbation,
-                diffusers=cfg.generator.diffusers, class_names=ctx.splits.train.class_names,
-                seed=cfg.seed, round_index=ctx.round_index,
+                lm,
+                parents,
+                table,
+                cfg.generator.perturbation,
+                diffusers=cfg.generator.diffusers,
+                class_names=ctx.splits.train.class_names,
+                seed=cfg.seed,
+                round_index=ctx.round_index,
             )
         write_hard_sample_plan(plan, parents, prompts)
     return hard_sample_requests(
-        parents, ctx.splits.train, cfg=hs, generator=cfg.generator,
-        per_class=cfg.generator.per_class, seed=cfg.seed, round_index=ctx.round_index,
+        parents,
+        ctx.splits.train,
+        cfg=hs,
+        generator=cfg.generator,
+        per_class=cfg.generator.per_class,
+        seed=cfg.seed,
+        round_index=ctx.round_index,
         captions=prompts,
     )

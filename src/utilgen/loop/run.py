@@ -33,6 +33,7 @@ from utilgen.config import IMAGE_GENERATORS, RunConfig, config_to_yaml, save_con
 from utilgen.data import LabelledData, Splits, load_data, split_for_config
 from utilgen.determinism import resolve_device, seed_everything
 from utilgen.errors import ConfigError, UtilgenError
+from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import build_generator, static_requests
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
@@ -273,6 +274,7 @@ def _generation_round(
         student=build_model(cfg, prepared.splits),
         out=out,
     )
+    fault_point("round.trained")
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
@@ -326,6 +328,7 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
 
         # 3. stage 1: real samples into the pool
         _stage1_pool(store, prepared.splits)
+        fault_point("stage1.pool")
 
         # 4. stage 1: train on real data, evaluate
         out = round_dir(run_dir, STAGE1_ROUND)
@@ -334,6 +337,7 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         else:
             metrics = _train_and_evaluate(prepared, out)
+            fault_point("stage1.trained")
             write_json_atomic(metrics_path, metrics)
 
         # 5. generation rounds, feedback between them
@@ -343,6 +347,7 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
         summary = _summary(config, metrics, prepared.splits.train.name)
         if config.loop.rounds >= 2:
             summary["feedback_effect"] = write_feedback_effect(run_dir, config)
+        fault_point("summary.before")
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir)
     return RunResult(run_dir=run_dir, summary=summary)

@@ -93,8 +93,11 @@ class HFImageModel(TorchTaskModel):
                 **image_processor_kwargs(),
             )
         except Exception as err:  # no processor shipped: fall back to our own preprocessing
-            log.info("no image processor for %s (%s); resizing and normalising to [-1, 1]",
-                     model_path, type(err).__name__)
+            log.info(
+                "no image processor for %s (%s); resizing and normalising to [-1, 1]",
+                model_path,
+                type(err).__name__,
+            )
             self.processor = None
         config = model.config
         self.channels = int(getattr(config, "num_channels", 3))

@@ -26,6 +26,7 @@ from utilgen.config import TaskConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.determinism import seed_everything
 from utilgen.errors import UtilgenError
+from utilgen.faults import fault_point
 from utilgen.progress import progress_bar
 from utilgen.task.base import TaskModel
 from utilgen.task.checkpoint import checkpoint_name
@@ -188,6 +189,7 @@ def train(
                     },
                 )
                 checkpoints.append(path)
+                fault_point("train.checkpoint")
             log.info(
                 "epoch %d/%d: train loss %.4f%s",
                 epoch,

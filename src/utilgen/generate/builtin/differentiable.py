@@ -85,7 +85,10 @@ class BuiltinSampler:
         # The PNG path resizes with PIL bicubic; torch's bicubic with antialiasing is its
         # differentiable counterpart (equal up to resampling differences).
         resized = F.interpolate(
-            pixels, size=(fmt.height, fmt.width), mode="bicubic", align_corners=False,
+            pixels,
+            size=(fmt.height, fmt.width),
+            mode="bicubic",
+            align_corners=False,
             antialias=True,
         )
         return resized.clamp(0.0, 1.0)
@@ -99,7 +102,10 @@ class BuiltinSampler:
             )
         if tuple(images.shape[-2:]) != (fmt.size, fmt.size):
             images = F.interpolate(
-                images, size=(fmt.size, fmt.size), mode="bicubic", align_corners=False,
+                images,
+                size=(fmt.size, fmt.size),
+                mode="bicubic",
+                align_corners=False,
                 antialias=True,
             ).clamp(0.0, 1.0)
         return images * 2.0 - 1.0
