@@ -9,57 +9,22 @@ predictable and lets the tests check resume after a crash sample by sample.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from replay import ReplayGenerator
 from scipy.stats import mannwhitneyu
 
 from utilgen.config import RunConfig, resolve_config
-from utilgen.data import LabelledData
-from utilgen.generate import GenerationRequest, make_sample
 from utilgen.generate.builtin import builtin_class_requests
 from utilgen.loop import generation_round
 from utilgen.loop.run import Prepared, build_model, prepare, run
-from utilgen.pool import PoolStore, Sample, encode_image
+from utilgen.pool import PoolStore
 from utilgen.task import load_checkpoint
 
 PER_CLASS = 3
-
-
-class ReplayGenerator:
-    """Returns held-out real images of the requested class; optionally dies mid-way."""
-
-    modality = "image"
-    name = "replay-test"
-
-    def __init__(self, source: LabelledData, fail_after: int | None = None) -> None:
-        self.source = source
-        self.fail_after = fail_after
-        self.generated = 0
-
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        *,
-        round_index: int = 1,
-        progress: bool = True,
-    ) -> Iterator[Sample]:
-        for request in requests:
-            members = np.flatnonzero(self.source.labels == request.label)
-            for i in range(request.num_outputs):
-                if self.fail_after is not None and self.generated >= self.fail_after:
-                    raise RuntimeError("simulated crash")
-                pick = members[(request.seed + i) % len(members)]
-                self.generated += 1
-                yield make_sample(
-                    request, i, encode_image(self.source.items[pick]),
-                    modality="image", generator=self.name, round_index=round_index,
-                    guidance=None, steps=None,
-                )
 
 
 def _config() -> RunConfig:

@@ -28,6 +28,18 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _rounds_match_generator(self) -> RunConfig:
+        if self.loop.mode == "offline":
+            if self.generator.kind != "none":
+                raise ValueError(
+                    "loop.mode=offline generates nothing: set generator.kind=none (the "
+                    "samples come from loop.offline_pool)"
+                )
+            if self.feedback.components:
+                raise ValueError(
+                    f"feedback.components {self.feedback.components} update a generator; "
+                    "loop.mode=offline has none: drop them"
+                )
+            return self
         if self.loop.rounds and self.generator.kind == "none":
             raise ValueError("loop.rounds > 0 needs a generator; set generator.kind")
         if self.generator.kind != "none" and not self.loop.rounds:

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from utilgen.config import RunConfig
-from utilgen.data import LabelledData, Splits
+from utilgen.data import Splits
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
+from utilgen.loop.training_set import build_training_set
 from utilgen.pool import PoolStore, Sample
 from utilgen.task import TaskModel, evaluate, train, train_val_gap
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
@@ -38,8 +37,10 @@ class RoundInputs:
 
     config: RunConfig
     splits: Splits
-    generator: Generator
+    generator: Generator | None
     requests: Sequence[GenerationRequest]
+    imported: Sequence[Sample] = ()  # offline mode: the pre-generated samples, no generator
+    generator_calls: int = 0  # passes spent optimising the requests (instance feedback)
 
 
 def missing_requests(
@@ -169,8 +170,13 @@ def run_generation_round(
     started = time.perf_counter()
     class_names = splits.train.class_names
 
-    # 1. generate what the pool lacks
-    generate_into_pool(inputs.generator, inputs.requests, store, round_index)
+    # 1. generate what the pool lacks (offline: import the pre-generated samples)
+    if inputs.generator is not None:
+        generate_into_pool(inputs.generator, inputs.requests, store, round_index)
+        generator_name = inputs.generator.name
+    else:
+        store.append(inputs.imported)
+        generator_name = f"offline:{cfg.loop.offline_pool}"
     fault_point("generate.done")
 
     # 2. filter (texts: empty, short, long, duplicate, copied), decisions recorded in the pool
@@ -186,28 +192,18 @@ def run_generation_round(
         log.info("round %d: label fidelity %-20s %.3f", round_index, name, value)
 
     # 4. utility of the kept samples under the stage-1 model; selection with reasons
-    weight_of: dict[str, float] | None = None
     if cfg.valuation.scores:
-        weight_of = value_and_select(store, cfg, splits, round_index, judge, judge_checkpoints)
+        value_and_select(store, cfg, splits, round_index, judge, judge_checkpoints)
 
-    # 5. train a fresh model on real + kept synthetic, checkpoint per epoch, evaluate
-    kept = store.load_labelled(
-        source="synthetic",
-        round=round_index,
-        kept_only=True,
-        class_names=class_names,
-        name="synthetic",
-    )
-    train_data = _combined(splits.train, kept)
-    weights = None
-    if weight_of is not None:
-        # Real samples weigh 1; synthetic ones what the selection gave them.
-        weights = np.array([weight_of.get(i, 1.0) for i in train_data.ids], dtype=np.float64)
+    # 5. train a fresh model on real + the round's synthetic samples (its kept ones, or
+    # every round's with loop.accumulate, capped by loop.synthetic_ratio), evaluate
+    chosen = build_training_set(store, cfg, splits, round_index, out)
+    train_data = chosen.data
     result = train(
         student,
         train_data,
         cfg.task,
-        weights=weights,
+        weights=chosen.weights,
         val=splits.val,
         checkpoint_dir=out / "checkpoints",
         seed=cfg.seed,
@@ -216,10 +212,13 @@ def run_generation_round(
     val_metrics = evaluate(student, splits.val)
     return {
         "round": round_index,
-        "generator": inputs.generator.name,
+        "generator": generator_name,
         "n_generated": len(generated),
+        "generator_calls": (len(generated) if inputs.generator is not None else 0)
+        + inputs.generator_calls,
         "n_train_real": len(splits.train),
-        "n_train_synthetic": len(kept),
+        "n_train_synthetic": chosen.n_synthetic,
+        "n_over_ratio": chosen.n_over_ratio,
         "n_val": len(splits.val),
         "n_test": len(splits.test),
         "label_fidelity": fidelity.as_dict(),
@@ -231,10 +230,3 @@ def run_generation_round(
         "test": evaluate(student, splits.test),
         "train_seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def _combined(real: LabelledData, synthetic: LabelledData) -> LabelledData:
-    if not len(synthetic):
-        log.warning("no synthetic sample was kept; training on real data only")
-        return real
-    return real.concat(synthetic)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,21 @@ from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import build_generator, static_requests
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
+from utilgen.loop.offline import offline_samples
 from utilgen.loop.policy import RoundContext, round_requests
-from utilgen.pool import PoolStore, samples_from_labelled
+from utilgen.loop.stopping import (
+    MAX_ROUNDS,
+    PLATEAU,
+    Cost,
+    budget_exceeded,
+    check_first_round_budget,
+    optimisation_calls,
+    plateaued,
+    round_cost,
+    spent,
+)
+from utilgen.loop.training_set import ratio_caps
+from utilgen.pool import PoolStore, Sample, samples_from_labelled
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.task import (
@@ -63,6 +77,7 @@ class Prepared:
     model: TaskModel
     generator: Generator | None = None
     requests: tuple[GenerationRequest, ...] = ()
+    imported: tuple[Sample, ...] = ()  # offline mode's pre-generated samples
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,11 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     data: LabelledData = load_data(config.data)
     splits = split_for_config(data, config.data, config.seed)
     model = build_model(config, splits)
+    ratio_caps(config, splits.train)  # a ratio that rounds to nothing fails here
+    if config.loop.mode == "offline":
+        imported = tuple(offline_samples(config, splits.train))
+        check_first_round_budget(config.loop.budget, round_cost(config, 1, len(imported), 0))
+        return Prepared(config=config, splits=splits, model=model, imported=imported)
     if not with_generator or config.generator.kind == "none":
         return Prepared(config=config, splits=splits, model=model)
     _check_generator_modality(config, splits)
@@ -116,6 +136,7 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     requests = tuple(
         static_requests(config.generator, splits=splits, seed=config.seed, round_index=1)
     )
+    check_first_round_budget(config.loop.budget, _projected(config, 1, requests))
     if "hard_samples" in config.feedback.components:
         _check_hard_samples(config, splits)
     generator = build_generator(
@@ -125,6 +146,13 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
         seed=config.seed,
     )
     return Prepared(config, splits, model, generator, requests)
+
+
+def _projected(config: RunConfig, round_index: int, requests: Sequence[GenerationRequest]) -> Cost:
+    """Round ``round_index``'s projected cost; every round makes as many samples as the
+    static requests do (hard-sample and optimised rounds replace, not add, requests)."""
+    n_samples = sum(r.num_outputs for r in requests)
+    return round_cost(config, round_index, n_samples, len(requests))
 
 
 def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
@@ -192,6 +220,8 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
         "round": STAGE1_ROUND,
         "n_train_real": len(splits.train),
         "n_train_synthetic": 0,
+        "n_generated": 0,
+        "generator_calls": 0,
         "n_val": len(splits.val),
         "n_test": len(splits.test),
         "train_loss": list(result.train_loss),
@@ -232,6 +262,21 @@ def _summary(config: RunConfig, metrics: dict[str, Any], data_name: str) -> dict
     }
 
 
+def _stop_record(reason: str, finished: list[dict[str, Any]]) -> dict[str, Any]:
+    """``summary.json``'s ``stop``: why the loop ended, what it spent, its best round (wall
+    time stays in the rounds' metrics.json: the summary of a resumed run must equal an
+    uninterrupted one's)."""
+    total = spent(finished)
+    val = [float(m["val_accuracy"]) for m in finished]
+    return {
+        "reason": reason,
+        "rounds_run": len(finished) - 1,
+        "synthetic_samples": total.synthetic_samples,
+        "generator_calls": total.generator_calls,
+        "best_val_round": int(max(range(len(val)), key=lambda i: (val[i], -i))),
+    }
+
+
 def _round_metrics(run_dir: Path, round_index: int) -> dict[str, Any] | None:
     """A finished round's metrics, None if it has not finished."""
     path = round_dir(run_dir, round_index) / "metrics.json"
@@ -243,28 +288,34 @@ def _round_metrics(run_dir: Path, round_index: int) -> dict[str, Any] | None:
 
 def _generation_round(
     prepared: Prepared,
-    generator: Generator,
+    generator: Generator | None,
     store: PoolStore,
     run_dir: Path,
     round_index: int,
+    started: float,
 ) -> dict[str, Any]:
     out = round_dir(run_dir, round_index)
     cfg = prepared.config
     judge, judge_checkpoints = stage1_judge(
         build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
     )
-    context = RoundContext(
-        config=cfg,
-        splits=prepared.splits,
-        generator=generator,
-        round_index=round_index,
-        out=out,
-        previous=round_dir(run_dir, round_index - 1),
-        judge=judge,
-        new_model=lambda: build_model(cfg, prepared.splits),
-    )
-    requests = round_requests(context, prepared.requests)
-    inputs = RoundInputs(cfg, prepared.splits, generator, requests)
+    requests: Sequence[GenerationRequest] = ()
+    optimisation = 0
+    if generator is not None:
+        context = RoundContext(
+            config=cfg,
+            splits=prepared.splits,
+            generator=generator,
+            round_index=round_index,
+            out=out,
+            previous=round_dir(run_dir, round_index - 1),
+            judge=judge,
+            new_model=lambda: build_model(cfg, prepared.splits),
+        )
+        requests = round_requests(context, prepared.requests)
+        if round_index >= 2:
+            optimisation = optimisation_calls(cfg, len(requests))
+    inputs = RoundInputs(cfg, prepared.splits, generator, requests, prepared.imported, optimisation)
     metrics = run_generation_round(
         inputs,
         store,
@@ -274,35 +325,56 @@ def _generation_round(
         student=build_model(cfg, prepared.splits),
         out=out,
     )
+    metrics["seconds"] = round(time.perf_counter() - started, 3)
     fault_point("round.trained")
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
 
+def _stop_reason(cfg: RunConfig, finished: list[dict[str, Any]], next_cost: Cost) -> str | None:
+    """Why no further round starts (None: the next one does); ``finished`` holds stage 1's
+    and every finished round's metrics, in order."""
+    if len(finished) > cfg.loop.rounds:
+        return MAX_ROUNDS
+    if plateaued(cfg.loop.plateau, [float(m["val_accuracy"]) for m in finished]):
+        return PLATEAU
+    return budget_exceeded(cfg.loop.budget, spent(finished), next_cost)
+
+
 def _generation_rounds(
-    prepared: Prepared, store: PoolStore, run_dir: Path, metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """Rounds 1..loop.rounds, each skipped when finished; feedback between rounds. Returns
-    the last round's metrics."""
+    prepared: Prepared, store: PoolStore, run_dir: Path, stage1: dict[str, Any]
+) -> tuple[list[dict[str, Any]], str]:
+    """Rounds 1, 2, ... until a stopping rule fires (each skipped when finished; feedback
+    between rounds). Returns stage 1's and every round's metrics, and why it stopped."""
     cfg = prepared.config
     generator = prepared.generator
+    finished = [stage1]
     fed_back = 0  # rounds whose feedback the generator carries
-    for round_index in range(1, cfg.loop.rounds + 1):
+    while True:
+        round_index = len(finished)
+        next_cost = _projected(cfg, round_index, prepared.requests)
+        if cfg.loop.mode == "offline":
+            next_cost = round_cost(cfg, round_index, len(prepared.imported), 0)
+        reason = _stop_reason(cfg, finished, next_cost)
+        if reason is not None:
+            return finished, reason
         done = _round_metrics(run_dir, round_index)
         if done is not None:
-            metrics = done
+            finished.append(done)
             continue
-        if generator is None:
+        started = time.perf_counter()
+        if generator is None and cfg.loop.mode != "offline":
             raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
-        if "dpo" in cfg.feedback.components:
+        if generator is not None and "dpo" in cfg.feedback.components:
             from utilgen.feedback.model_level import apply_model_feedback
 
             # Rounds 1..r-1's feedback, in order: trained once, restored on resume.
             for earlier in range(fed_back + 1, round_index):
                 generator = apply_model_feedback(generator, store, cfg, run_dir, earlier)
             fed_back = round_index - 1
-        metrics = _generation_round(prepared, generator, store, run_dir, round_index)
-    return metrics
+        finished.append(
+            _generation_round(prepared, generator, store, run_dir, round_index, started)
+        )
 
 
 def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None) -> RunResult:
@@ -340,12 +412,13 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
             fault_point("stage1.trained")
             write_json_atomic(metrics_path, metrics)
 
-        # 5. generation rounds, feedback between them
-        metrics = _generation_rounds(prepared, store, run_dir, metrics)
+        # 5. generation rounds, feedback between them, until a stopping rule fires
+        finished, reason = _generation_rounds(prepared, store, run_dir, metrics)
 
         # 6. summary and report, written last
-        summary = _summary(config, metrics, prepared.splits.train.name)
-        if config.loop.rounds >= 2:
+        summary = _summary(config, finished[-1], prepared.splits.train.name)
+        summary["stop"] = _stop_record(reason, finished)
+        if len(finished) >= 3:
             summary["feedback_effect"] = write_feedback_effect(run_dir, config)
         fault_point("summary.before")
         write_json_atomic(run_dir / "summary.json", summary)
