@@ -12,7 +12,7 @@ to reach the same accuracy.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,32 @@ Point = Mapping[str, Any]
 # the same order compare equal, so this only absorbs float noise in the last bits.
 TOLERANCE = 1e-12
 STATIC = "static"
+EFFICIENCY_FILE = "efficiency.json"  # in the run directory
+DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 1.0)
+
+
+def check_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
+    """``fractions`` sorted and without duplicates.
+
+    Raises:
+        UtilgenError: none given, one outside [0, 1], or 1 missing (the curve's end point:
+            the run's own training set, which the comparison with static needs).
+    """
+    values = sorted({float(f) for f in fractions})
+    if not values:
+        raise UtilgenError("no fraction given; pass e.g. --fractions 0,0.25,0.5,1")
+    bad = [f for f in values if not 0.0 <= f <= 1.0]
+    if bad:
+        raise UtilgenError(
+            f"fraction {bad[0]:g} is outside [0, 1]; fractions are shares of the run's "
+            "synthetic samples, e.g. --fractions 0,0.25,0.5,1"
+        )
+    if values[-1] != 1.0:
+        raise UtilgenError(
+            "fractions must include 1 (the run's full synthetic set, whose accuracy the "
+            "comparison with static needs); e.g. --fractions 0,0.25,0.5,1"
+        )
+    return tuple(values)
 
 
 def samples_to_reach(points: Sequence[Point], target: float) -> float | None:
