@@ -190,21 +190,34 @@ def pool_export(
     out_console.print(f"exported to {written}")
 
 
-@app.command("report", epilog="Example:\n\n  utilgen report utilgen-demo/*/* --out results.md")
+@app.command(
+    "report",
+    epilog="Examples:\n\n  utilgen report runs/compare --out runs/compare\n\n"
+    "  utilgen report runs/digits-static runs/digits-gendataagent --out report",
+)
 def report_cmd(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories.", show_default=False)],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories, or directories of runs (`utilgen compare`, `utilgen demo`).",
+            show_default=False,
+        ),
+    ],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Also write Markdown here.")
-    ] = None,
+        Path, typer.Option("--out", "-o", help="Directory for report.html and report.md.")
+    ] = Path("utilgen-report"),
 ) -> None:
-    """Compare finished runs in one table (top-1, worst/best class, macro-F1, ECE)."""
-    from utilgen.atomic import write_text_atomic
-    from utilgen.report import load_summary, to_markdown, to_rich_table
+    """Write a self-contained HTML + Markdown report over finished runs: multi-seed comparison,
+    per-class accuracy, accuracy vs synthetic samples, utilities, DPO, t-SNE, samples, cost."""
+    from utilgen.report import RunSummary, to_rich_table
+    from utilgen.report.html import check_out_dir, write_report
+    from utilgen.report.runs import collect_runs
 
-    summaries = [load_summary(r) for r in runs]
-    out_console.print(to_rich_table(summaries))
-    if out is not None:
-        write_text_atomic(out, to_markdown(summaries))
+    check_out_dir(out)
+    inputs = collect_runs(runs)  # every path checked before anything is written
+    html_path, md_path = write_report(inputs.runs, out, inputs.comparison)
+    out_console.print(to_rich_table([RunSummary(r.run_dir, r.summary) for r in inputs.runs]))
+    out_console.print(f"report: {html_path} (and {md_path})")
 
 
 @app.command(

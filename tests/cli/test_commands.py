@@ -70,15 +70,17 @@ def test_pool_export_parquet_loads_with_datasets(
     assert frame_len == 10 and len(ds) > 600
 
 
-def test_report_compares_runs(
+def test_report_writes_html_and_markdown(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out_md = tmp_path / "r.md"
-    code, out, _ = _cli(["report", str(run_dir), str(run_dir), "--out", str(out_md)], capsys)
-    assert code == 0 and "real-only" in out
-    assert out_md.read_text().count("| digits | real-only |") == 2
-    code, _, err = _cli(["report", str(tmp_path / "absent")], capsys)
-    assert code == 2 and "not found" in err
+    out = tmp_path / "report"
+    # the same run given twice is reported once
+    code, stdout, _ = _cli(["report", str(run_dir), str(run_dir), "--out", str(out)], capsys)
+    assert code == 0 and "real-only" in stdout and "report.html" in stdout
+    assert (out / "report.html").read_text().count("<td>digits</td><td>real-only</td>") == 1
+    assert "## 1. Comparison of strategies" in (out / "report.md").read_text()
+    code, _, err = _cli(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")], capsys)
+    assert code == 2 and "not found" in err and not (tmp_path / "r2").exists()
 
 
 def test_train_then_eval_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from utilgen.atomic import write_text_atomic
 from utilgen.errors import UtilgenError
 from utilgen.report.compare import compare_summaries
 from utilgen.report.document import Section, Text, render_html, render_markdown
-from utilgen.report.runs import ReportRun, check_unique, collect_runs, read_run
+from utilgen.report.runs import ReportRun, check_unique, read_run
 from utilgen.report.sections import (
     accuracy_curve_section,
     comparison_section,
@@ -109,11 +109,3 @@ def build_report(
     returns it) is computed from the runs' summaries when None. Returns (html, md)."""
     runs = [read_run(d) for d in run_dirs]
     return write_report(runs, Path(out_dir), comparison)
-
-
-def report_paths(paths: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
-    """The ``utilgen report`` command: run directories and directories of runs
-    (comparison, demo) expanded, their stored comparison used when there is exactly one."""
-    check_out_dir(Path(out_dir))
-    inputs = collect_runs(paths)
-    return write_report(inputs.runs, Path(out_dir), inputs.comparison)

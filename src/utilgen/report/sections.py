@@ -266,7 +266,7 @@ def read_efficiency(run: ReportRun) -> dict[str, Any] | None:
     return curve
 
 
-def efficiency_points(curves: Mapping[ReportRun, Mapping[str, Any]]) -> pd.DataFrame:
+def efficiency_points(curves: Sequence[tuple[ReportRun, Mapping[str, Any]]]) -> pd.DataFrame:
     """The efficiency curves' points in :func:`round_points`' columns."""
     rows = [
         {
@@ -276,7 +276,7 @@ def efficiency_points(curves: Mapping[ReportRun, Mapping[str, Any]]) -> pd.DataF
             "n_synthetic": float(p["n_synthetic"]),
             "accuracy": float(p["accuracy"]),
         }
-        for run, curve in curves.items()
+        for run, curve in curves
         for p in curve.get("points", [])
     ]
     return pd.DataFrame(rows, columns=["strategy", "run", "round", "n_synthetic", "accuracy"])
@@ -324,10 +324,8 @@ def accuracy_curve_section(runs: Sequence[ReportRun]) -> Section:
     all_curves: list[Mapping[str, Any]] = []
     for dataset, group in by_dataset(runs).items():
         points = round_points(group)
-        curves = {r: c for r in group if (c := read_efficiency(r)) is not None}
-        all_curves += [
-            {"dataset": r.dataset, "strategy": r.strategy, **c} for r, c in curves.items()
-        ]
+        curves = [(r, c) for r in group if (c := read_efficiency(r)) is not None]
+        all_curves += [{"dataset": r.dataset, "strategy": r.strategy, **c} for r, c in curves]
         if points.empty and not curves:
             blocks.append(NotAvailable(f"{dataset}: no round recorded test accuracy"))
             continue
