@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo demo-fast test test-slow lint clean
+.PHONY: setup browser demo demo-fast test test-slow lint clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,17 @@ demo: setup
 demo-fast: setup
 	$(BIN)/utilgen demo --fast
 
-test: setup
+# Headless Chromium for the report's browser test (Debian packages; skipped when present).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup browser
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
