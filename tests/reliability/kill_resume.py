@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,9 +186,10 @@ def differences(reference: Path, resumed: Path) -> list[str]:
     found: list[str] = []
     ref_files, new_files = _layout(reference), _layout(resumed)
     if ref_files != new_files:
+        ref_count, new_count = Counter(ref_files), Counter(new_files)
         found.append(
-            f"files only in the reference: {sorted(set(ref_files) - set(new_files))}; "
-            f"only in the resumed run: {sorted(set(new_files) - set(ref_files))}"
+            f"files more often in the reference: {sorted(ref_count - new_count)}; "
+            f"more often in the resumed run: {sorted(new_count - ref_count)}"
         )
     for rel in sorted(set(ref_files) & set(new_files)):
         a, b = reference / rel, resumed / rel

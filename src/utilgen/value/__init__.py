@@ -17,7 +17,13 @@ from utilgen.value.meta_weight import (
     meta_weight_step,
     train_meta_weighted,
 )
-from utilgen.value.record import apply_selection, read_scores, record_scores, scores_path
+from utilgen.value.record import (
+    apply_selection,
+    read_scores,
+    record_scores,
+    scores_path,
+    selection_candidates,
+)
 from utilgen.value.scores import OutputScore, entropy, loss, margin, marginal
 from utilgen.value.scoring import build_valuators, score_samples, scored_samples
 from utilgen.value.selectors import (
@@ -82,6 +88,7 @@ __all__ = [
     "score_samples",
     "scored_samples",
     "scores_path",
+    "selection_candidates",
     "train_meta_weighted",
     "variance_of_gradients",
 ]

@@ -14,6 +14,7 @@ a duplicate id, a non-numeric score or a read-only pool raise a one-line
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from utilgen.atomic import write_bytes_atomic
+from utilgen.data.labelled import LabelledData
 from utilgen.pool.schema import EXTRA_COLUMN_PATTERN, utility_column
-from utilgen.pool.store import PoolStore
+from utilgen.pool.store import PoolStore, filter_manifest
 from utilgen.value.base import ValuationError
 from utilgen.value.selectors import Selection
 
@@ -137,3 +139,25 @@ def apply_selection(store: PoolStore, round_index: int, selection: Selection) ->
         return
     store.set_kept(selection.kept_and_reasons())
     store.set_column(utility_column(round_index, WEIGHT_COLUMN), selection.weights())
+
+
+def selection_candidates(
+    store: PoolStore, round_index: int, class_names: Sequence[str]
+) -> LabelledData:
+    """The synthetic samples of round ``round_index`` that valuation scores and selection
+    decides on: those the filters kept, in append order.
+
+    :func:`apply_selection` overwrites ``kept``, so the samples this round's selection
+    dropped (recognised by their ``utility_rNNN_weight``) are candidates too. Without them, a
+    round resumed after its selection was recorded would value and select only what the
+    first attempt kept: other scores, other preference pairs, another run.
+    """
+    generated = store.load_labelled(
+        source="synthetic", round=round_index, class_names=class_names, name="synthetic"
+    )
+    rows = filter_manifest(store.manifest(), source="synthetic", round=round_index)
+    candidate = np.array(rows["kept"], dtype=bool)
+    weight = utility_column(round_index, WEIGHT_COLUMN)
+    if weight in rows.columns:
+        candidate |= rows[weight].notna().to_numpy()
+    return generated.subset(np.flatnonzero(candidate))
