@@ -60,6 +60,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -365,6 +366,9 @@ class _Logger:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
+            # A fresh training run owns these: drop the events of an interrupted attempt
+            # (a run killed before result.json trains again on resume), as log.jsonl's "w".
+            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
             self._file = (out_dir / LOG_FILE).open("w", encoding="utf-8")
             self._writer = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
