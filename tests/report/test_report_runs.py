@@ -9,6 +9,7 @@ import pytest
 
 from utilgen.errors import UtilgenError
 from utilgen.report.compare import compare_summaries
+from utilgen.report.html import build_report
 from utilgen.report.runs import collect_runs, expand_paths, read_run, representatives
 
 
@@ -83,3 +84,16 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
     second = fake_run(tmp_path / "y", "static", 0)
     with pytest.raises(UtilgenError, match="are both seed 0 of static on digits"):
         collect_runs([first, second])
+
+
+def test_a_comparison_of_another_layout_is_recomputed_or_refused(tmp_path: Path) -> None:
+    cmp = tmp_path / "cmp"
+    run = fake_run(cmp / "static" / "seed-0", "static", 0)
+    (cmp / "comparison.json").write_text(json.dumps({"rows": []}))
+    assert collect_runs([cmp]).comparison is None  # recomputed from the runs
+    good = compare_summaries([json.loads((run / "summary.json").read_text())])
+    del good["groups"][0]["accuracy"]["values"]
+    out = tmp_path / "report"
+    with pytest.raises(UtilgenError, match=r"a group has no 'accuracy\.values'"):
+        build_report([run], out, comparison=good)
+    assert not out.exists()

@@ -65,7 +65,7 @@ def test_verdict_states_the_paired_difference_with_its_interval() -> None:
     diffs = [g - s for g, s in zip(GUIDED, STATIC, strict=True)]
     mean = sum(diffs) / 3
     half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / math.sqrt(3)
-    assert "utilgen" in sentence and "beats static: by +0.0400" in sentence
+    assert "utilgen" in sentence and "beats static by +0.0400" in sentence
     assert f"[{mean - half:+.4f}, {mean + half:+.4f}]" in sentence
     worse = compare_summaries(
         [_summary("static", s, a) for s, a in enumerate(STATIC)]

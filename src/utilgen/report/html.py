@@ -19,7 +19,7 @@ from utilgen.atomic import write_text_atomic
 from utilgen.errors import UtilgenError
 from utilgen.report.compare import compare_summaries
 from utilgen.report.document import Section, Text, render_html, render_markdown
-from utilgen.report.runs import ReportRun, check_unique, read_run
+from utilgen.report.runs import ReportRun, check_unique, comparison_problem, read_run
 from utilgen.report.sections import (
     accuracy_curve_section,
     comparison_section,
@@ -90,7 +90,13 @@ def write_report(
         raise UtilgenError("no run to report on; pass at least one finished run directory")
     check_out_dir(out_dir)
     check_unique(runs)
-    comparison = comparison if comparison is not None else comparison_of(runs)
+    if comparison is None:
+        comparison = comparison_of(runs)
+    elif (problem := comparison_problem(comparison)) is not None:
+        raise UtilgenError(
+            f"the comparison passed to the report is not compare_summaries' output ({problem}); "
+            "pass utilgen.report.compare.compare_summaries(...) or None"
+        )
     sections = report_sections(runs, comparison)
     intro = [_intro(runs)]
     html_path = write_text_atomic(out_dir / HTML_FILE, render_html(TITLE, intro, sections))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,12 +123,38 @@ def find_run_dirs(root: Path, depth: int = MAX_SEARCH_DEPTH) -> Iterator[Path]:
             yield from find_run_dirs(child, depth - 1)
 
 
+GROUP_KEYS = ("dataset", "strategy", "n", "seeds", "synthetic_samples", "vs")
+STAT_KEYS = ("mean", "ci95", "values")
+
+
+def comparison_problem(comparison: Mapping[str, Any]) -> str | None:
+    """What keeps ``comparison`` from being read as
+    :func:`~utilgen.report.compare.compare_summaries` writes it, or None when nothing does."""
+    missing = [k for k in ("metrics", "baselines", "groups") if k not in comparison]
+    if missing:
+        return f"it has no {missing[0]!r}"
+    for group in comparison["groups"]:
+        keys = [*GROUP_KEYS, *comparison["metrics"]]
+        absent = [k for k in keys if k not in group]
+        absent += [
+            f"{m}.{k}"
+            for m in comparison["metrics"]
+            if m in group
+            for k in STAT_KEYS
+            if k not in group[m]
+        ]
+        if absent:
+            return f"a group has no {absent[0]!r}"
+    return None
+
+
 def _usable_comparison(path: Path) -> dict[str, Any] | None:
     """The comparison at ``path`` when it has compare_summaries' layout, else None."""
     comparison = _read_json(path)
-    if {"metrics", "baselines", "groups"} <= comparison.keys():
+    problem = comparison_problem(comparison)
+    if problem is None:
         return comparison
-    log.warning("%s has another layout than utilgen compare writes; recomputing it", path)
+    log.warning("%s is not as utilgen compare writes it (%s); recomputing it", path, problem)
     return None
 
 

@@ -175,20 +175,22 @@ def verdicts(comparison: Mapping[str, Any], metric: str = "accuracy") -> list[st
                 f"{dataset}: {best['strategy']} and static share no seed; no paired comparison."
             )
             continue
-        verb = "beats static" if diff > 0 else "does not beat static"
-        amount = f"by {diff:+.4f}" if diff > 0 else f"its {name} is {abs(diff):.4f} lower"
-        if diff == 0:
-            amount = f"equal {name}"
+        if diff > 0:
+            outcome = f"beats static by {diff:+.4f}"
+        elif diff < 0:
+            outcome = f"does not beat static: its {name} is {-diff:.4f} lower"
+        else:
+            outcome = f"does not beat static: equal {name}"
         ci_text = (
             f"95% CI of the paired difference [{ci[0]:+.4f}, {ci[1]:+.4f}]"
             if ci
-            else ("one seed: no CI")
+            else "one seed: no CI"
         )
         noise = " (the interval includes 0)" if ci and ci[0] <= 0 <= ci[1] else ""
         out.append(
             f"{dataset}: the best utility-guided strategy, {best['strategy']} "
             f"({name} {float(best[metric]['mean']):.4f} vs static "
-            f"{float(static[metric]['mean']):.4f}), {verb}: {amount}; {ci_text}{noise}, "
+            f"{float(static[metric]['mean']):.4f}), {outcome}; {ci_text}{noise}, "
             f"paired t-test p = {_p(test.get('p'))}, {n} seed(s)."
         )
     return out
@@ -197,11 +199,9 @@ def verdicts(comparison: Mapping[str, Any], metric: str = "accuracy") -> list[st
 def comparison_section(comparison: Mapping[str, Any]) -> Section:
     """1. the multi-seed comparison table and the verdict against ``static``."""
     anchor, title = "comparison", "1. Comparison of strategies"
-    blocks: list[Block] = []
     if not comparison.get("groups"):
-        blocks.append(NotAvailable("no run to compare"))
-        return Section(anchor, title, blocks)
-    blocks += [
+        return Section(anchor, title, [NotAvailable("no run to compare")])
+    blocks: list[Block] = [
         Text(
             "Mean over seeds with the two-sided 95% Student t interval; p: two-sided paired "
             "t-test over the seeds both strategies ran (– where it is undefined: one seed, "
@@ -374,20 +374,21 @@ def _run_round_scores(run: ReportRun) -> dict[int, pd.DataFrame]:
     return frames
 
 
+def utility_blocks(run: ReportRun) -> list[Block]:
+    """Histograms of every score the run's rounds recorded, one row per round."""
+    frames = _run_round_scores(run)
+    n = ", ".join(f"round {r}: {len(f)}" for r, f in frames.items())
+    fig = utility_histogram_figure(utility_histograms(frames), run.label)
+    return [_figure(fig, f"{run.label}: utility scores of the kept samples ({n})")]
+
+
 def utility_section(runs: Sequence[ReportRun]) -> Section:
     """4. histograms of every utility score, one row per round."""
-
-    def build(run: ReportRun) -> list[Block]:
-        frames = _run_round_scores(run)
-        histograms = utility_histograms(frames)
-        n = ", ".join(f"round {r}: {len(f)}" for r, f in frames.items())
-        fig = utility_histogram_figure(histograms, run.label)
-        return [_figure(fig, f"{run.label}: utility scores of the kept samples ({n})")]
-
-    anchor, title = "utility", "4. Utility distributions per round"
-    blocks: list[Block] = []
-    blocks = _per_run(runs, build, "no run scored its samples")
-    return Section(anchor, title, blocks)
+    return Section(
+        "utility",
+        "4. Utility distributions per round",
+        _per_run(runs, utility_blocks, "no run scored its samples"),
+    )
 
 
 # -- 5. margins before and after DPO --------------------------------------------------------
@@ -421,10 +422,11 @@ def margin_blocks(run: ReportRun) -> list[Block]:
 
 def margin_section(runs: Sequence[ReportRun]) -> Section:
     """5. margin distributions before and after DPO."""
-    anchor, title = "margins", "5. Margin distributions before and after DPO"
-    blocks: list[Block] = []
-    blocks = _per_run(runs, margin_blocks, "no run fed DPO back between scored rounds")
-    return Section(anchor, title, blocks)
+    return Section(
+        "margins",
+        "5. Margin distributions before and after DPO",
+        _per_run(runs, margin_blocks, "no run fed DPO back between scored rounds"),
+    )
 
 
 # -- 6. DPO reward accuracy -----------------------------------------------------------------
@@ -454,10 +456,9 @@ def dpo_blocks(run: ReportRun) -> list[Block]:
 
 def dpo_section(runs: Sequence[ReportRun]) -> Section:
     """6. DPO implicit reward accuracy and margin curves."""
-    anchor, title = "dpo", "6. DPO reward accuracy"
-    blocks: list[Block] = []
-    blocks = _per_run(runs, dpo_blocks, "no run trained DPO feedback")
-    return Section(anchor, title, blocks)
+    return Section(
+        "dpo", "6. DPO reward accuracy", _per_run(runs, dpo_blocks, "no run trained DPO feedback")
+    )
 
 
 # -- 7. t-SNE -------------------------------------------------------------------------------
@@ -483,10 +484,11 @@ def tsne_blocks(run: ReportRun) -> list[Block]:
 
 def tsne_section(runs: Sequence[ReportRun]) -> Section:
     """7. t-SNE of real vs synthetic embeddings."""
-    anchor, title = "tsne", "7. t-SNE of real and synthetic samples"
-    blocks: list[Block] = []
-    blocks = _per_run(runs, tsne_blocks, "no run kept a synthetic sample")
-    return Section(anchor, title, blocks)
+    return Section(
+        "tsne",
+        "7. t-SNE of real and synthetic samples",
+        _per_run(runs, tsne_blocks, "no run kept a synthetic sample"),
+    )
 
 
 # -- 8. samples -----------------------------------------------------------------------------
@@ -496,10 +498,11 @@ def samples_section(runs: Sequence[ReportRun]) -> Section:
     """8. sample grids (images) and tables (texts) with provenance and scores."""
     from utilgen.report.samples import sample_blocks
 
-    anchor, title = "samples", "8. Generated samples"
-    blocks: list[Block] = []
-    blocks = _per_run(runs, sample_blocks, "no run generated a sample")
-    return Section(anchor, title, blocks)
+    return Section(
+        "samples",
+        "8. Generated samples",
+        _per_run(runs, sample_blocks, "no run generated a sample"),
+    )
 
 
 # -- 9. cost --------------------------------------------------------------------------------
@@ -545,11 +548,9 @@ def cost_table(runs: Sequence[ReportRun]) -> Table:
 def cost_section(runs: Sequence[ReportRun]) -> Section:
     """9. time and samples per stage."""
     anchor, title = "cost", "9. Cost: time and samples per stage"
-    blocks: list[Block] = []
     if not any(run.round_metrics for run in runs):
-        blocks.append(NotAvailable("no run recorded round metrics"))
-        return Section(anchor, title, blocks)
-    blocks += [
+        return Section(anchor, title, [NotAvailable("no run recorded round metrics")])
+    blocks: list[Block] = [
         Text(
             "Seconds as each round's metrics.json records them (wall clock of that step); "
             "DPO seconds from the feedback's result.json, trained after the round and used "
