@@ -1,4 +1,4 @@
-"""The demo: layout DIR/<dataset>/<strategy>/ and the results it promises."""
+"""The demo: its plan (datasets x strategies x seeds), layout and what it writes."""
 
 from __future__ import annotations
 
@@ -7,33 +7,51 @@ from pathlib import Path
 
 import pytest
 
-from utilgen.loop.demo import DEMO_DATASETS, demo_config, demo_plan
+from utilgen.loop.demo import (
+    DEMO_DATASETS,
+    SEEDS,
+    STRATEGIES,
+    demo_config,
+    demo_plan,
+    run_dir_of,
+)
 
 
-def test_plan_covers_every_dataset_and_strategy() -> None:
-    for fast in (False, True):
+def test_plan_covers_every_dataset_strategy_and_seed() -> None:
+    for fast, seeds in ((False, tuple(range(SEEDS))), (True, (0,))):
         plan = demo_plan(fast)
         assert {(e.dataset, e.strategy) for e in plan} == {
-            (d, s) for d in DEMO_DATASETS for s in ("real-only", "static", "real-only-full")
+            (d, s) for d in DEMO_DATASETS for s in STRATEGIES[d]
         }
+        assert all(e.seeds == seeds for e in plan)
+    for dataset in DEMO_DATASETS:
+        assert {"real-only", "static"} < set(STRATEGIES[dataset])
 
 
-def test_static_runs_share_the_real_only_split_and_generate() -> None:
+def test_strategies_of_a_dataset_share_split_task_and_seed() -> None:
     for fast in (False, True):
-        configs = {(e.dataset, e.strategy): demo_config(e) for e in demo_plan(fast)}
-        for dataset in DEMO_DATASETS:
-            static, real = configs[dataset, "static"], configs[dataset, "real-only"]
-            assert static.data == real.data and static.seed == real.seed
-            assert static.task == real.task
-            assert static.generator.kind != "none" and static.loop.rounds == 1
-            assert real.generator.kind == "none"
+        for entry in demo_plan(fast):
+            for seed in entry.seeds:
+                cfg = demo_config(entry, seed)
+                real = demo_config(
+                    next(
+                        e
+                        for e in demo_plan(fast)
+                        if e.dataset == entry.dataset and e.strategy == "real-only"
+                    ),
+                    seed,
+                )
+                assert cfg.seed == seed and cfg.strategy == entry.strategy
+                assert cfg.data == real.data and cfg.task == real.task
+                assert cfg.data.k_shot is not None  # k-shot settings
+                assert (cfg.generator.kind == "none") == (entry.strategy == "real-only")
 
 
-def test_full_strategy_uses_all_real_data_and_k_shot_does_not() -> None:
-    for entry in demo_plan(fast=False):
-        cfg = demo_config(entry)
-        assert cfg.strategy == entry.strategy
-        assert (cfg.data.k_shot is None) == (entry.strategy == "real-only-full")
+def test_seed_folders_only_with_several_seeds(tmp_path: Path) -> None:
+    full = demo_plan(fast=False)[0]
+    fast = demo_plan(fast=True)[0]
+    assert run_dir_of(tmp_path, full, 2) == tmp_path / full.dataset / full.strategy / "seed-2"
+    assert run_dir_of(tmp_path, fast, 0) == tmp_path / fast.dataset / fast.strategy
 
 
 @pytest.mark.slow
@@ -43,11 +61,16 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--fast", "--quiet", "--out", str(tmp_path)])
     assert exc.value.code == 0
-    for dataset in DEMO_DATASETS:
-        summary = json.loads((tmp_path / dataset / "real-only" / "summary.json").read_text())
-        assert {"accuracy", "worst_class_ratio"} <= set(summary)
-        full = json.loads((tmp_path / dataset / "real-only-full" / "summary.json").read_text())
-        assert full["accuracy"] >= 0.95, (dataset, full["accuracy"])
-        static = json.loads((tmp_path / dataset / "static" / "summary.json").read_text())
-        assert static["n_train_synthetic"] > 0 and static["label_fidelity"] is not None
-    assert (tmp_path / "results.md").read_text().count("\n") == 2 + 3 * len(DEMO_DATASETS)
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    groups = {(g["dataset"], g["strategy"]): g for g in comparison["groups"]}
+    assert set(groups) == {(d, s) for d in DEMO_DATASETS for s in STRATEGIES[d]}
+    for (dataset, strategy), group in groups.items():
+        assert group["n"] == 1
+        assert {"mean", "ci95"} <= set(group["accuracy"]) and "worst_class_ratio" in group
+        assert (group["synthetic_samples"] > 0) == (strategy != "real-only")
+        summary = json.loads((tmp_path / dataset / strategy / "summary.json").read_text())
+        assert summary["accuracy"] == group["accuracy"]["mean"]
+    rows = comparison["sample_efficiency"]
+    assert {r["dataset"] for r in rows} == set(DEMO_DATASETS)
+    html = (tmp_path / "report.html").read_text()
+    assert "<img" in html and (tmp_path / "report.md").exists()

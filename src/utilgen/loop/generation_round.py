@@ -120,15 +120,11 @@ def value_and_select(
         record_scores,
         score_samples,
         scored_samples,
+        selection_candidates,
     )
 
-    candidates = store.load_labelled(
-        source="synthetic",
-        round=round_index,
-        kept_only=True,
-        class_names=splits.train.class_names,
-        name="synthetic",
-    )
+    # Kept by the filters, including what this round's own selection dropped before a crash.
+    candidates = selection_candidates(store, round_index, splits.train.class_names)
     if not len(candidates):
         return None
     frame = score_samples(
