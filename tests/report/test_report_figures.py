@@ -102,16 +102,19 @@ def test_accuracy_vs_samples_draws_each_run_and_each_curve() -> None:
     )
     curves = pd.DataFrame(
         {
-            "strategy": ["static"] * 2,
-            "run": ["s0"] * 2,
-            "n_synthetic": [20, 0],
-            "accuracy": [0.55, 0.5],
+            "strategy": ["static"] * 4,
+            "run": ["s0", "s0", "s1", "s1"],
+            "n_synthetic": [20, 0, 0, 20],
+            "accuracy": [0.55, 0.5, 0.4, 0.45],
         }
     )
     fig = accuracy_vs_samples_figure(points, curves, strategy_colours(["static", "utilgen"]), "d")
     lines = fig.axes[0].lines
-    assert [line.get_xdata().tolist() for line in lines] == [[0, 40], [0, 40, 80], [0, 20]]
+    assert [line.get_xdata().tolist() for line in lines] == [
+        [0, 40], [0, 40, 80], [0, 20], [0, 20]
+    ]  # fmt: skip
     assert lines[2].get_ydata().tolist() == [0.5, 0.55]  # sorted by samples
+    # one legend entry per strategy and kind, however many seeds
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["static (rounds)", "utilgen (rounds)", "static (efficiency curve)"]
 

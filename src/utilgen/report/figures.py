@@ -102,9 +102,9 @@ def accuracy_vs_samples_figure(
 
     ``points`` (columns strategy, run, n_synthetic, accuracy): one marker per round of each
     run, the rounds of a run joined by a thin line. ``curves`` (same columns): efficiency
-    curves, drawn as thicker dashed lines.
+    curves, drawn as thicker dashed lines. Each strategy is labelled once per kind.
     """
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.0), layout="constrained")
     ax = fig.add_subplot()
     # Every strategy shares stage 1 with the others of its seed, so round-0 points coincide:
     # distinct hollow markers keep all of them visible.
@@ -112,6 +112,7 @@ def accuracy_vs_samples_figure(
     labelled: set[str] = set()
     for (strategy, _), rows in points.groupby(["strategy", "run"], sort=False):
         rows = rows.sort_values("n_synthetic")
+        label = f"{strategy} (rounds)"
         ax.plot(
             rows["n_synthetic"],
             rows["accuracy"],
@@ -121,23 +122,25 @@ def accuracy_vs_samples_figure(
             linewidth=0.8,
             alpha=0.8,
             color=colours.get(strategy),
-            label=None if strategy in labelled else f"{strategy} (rounds)",
+            label=None if label in labelled else label,
         )
-        labelled.add(str(strategy))
+        labelled.add(label)
     for (strategy, _), rows in curves.groupby(["strategy", "run"], sort=False):
         rows = rows.sort_values("n_synthetic")
+        label = f"{strategy} (efficiency curve)"
         ax.plot(
             rows["n_synthetic"],
             rows["accuracy"],
             linestyle="--",
             linewidth=2.0,
             color=colours.get(strategy),
-            label=f"{strategy} (efficiency curve)",
+            label=None if label in labelled else label,
         )
+        labelled.add(label)
     ax.set_xlabel("synthetic training samples")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
 

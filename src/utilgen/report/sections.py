@@ -28,6 +28,7 @@ from utilgen.report.document import (
     Table,
     Text,
 )
+from utilgen.report.efficiency import EFFICIENCY_FILE, compare_to_static
 from utilgen.report.feedback_effect import mann_whitney_greater, round_scores
 from utilgen.report.figures import (
     accuracy_vs_samples_figure,
@@ -54,7 +55,6 @@ from utilgen.report.runs import (
 log = logging.getLogger(__name__)
 
 METRIC_TITLES = {"accuracy": "top-1", "worst_class_ratio": "worst-class ratio"}
-EFFICIENCY_FILE = "efficiency.json"
 # Written by the DPO trainers (utilgen.feedback.lm_dpo and .diffusion_dpo) under the
 # round's feedback directory, one JSON record per logged optimiser step.
 DPO_DIR = ("adapters", "dpo")
@@ -286,8 +286,6 @@ def efficiency_ratio_table(curves: Sequence[Mapping[str, Any]]) -> Table | None:
     """Synthetic samples static and each other strategy need to reach static's final
     accuracy (seed-mean curves), from :func:`utilgen.report.efficiency.compare_to_static`;
     None when no dataset has both a static and another curve."""
-    from utilgen.report.efficiency import compare_to_static
-
     rows = compare_to_static(curves)
     if not rows:
         return None
@@ -356,7 +354,8 @@ def accuracy_curve_section(runs: Sequence[ReportRun]) -> Section:
             Text(
                 "Synthetic samples each strategy's seed-mean efficiency curve needs to reach "
                 "static's final top-1 (linear interpolation between points; below 1 the "
-                "strategy needs fewer samples than static)."
+                "strategy needs fewer samples than static; never: the curve does not reach it; "
+                "–: undefined, as static needs no synthetic sample to reach it)."
             ),
             table,
         ]
