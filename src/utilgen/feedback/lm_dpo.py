@@ -55,6 +55,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -627,6 +628,7 @@ def train_lm_dpo(
     from accelerate import Accelerator
 
     # 1. check inputs: nothing is written before these pass
+    started = time.perf_counter()
     pairs = list(pairs)
     _check_inputs(pairs, cfg)
     adapter = check_adapter_dir(cfg.adapter)
@@ -730,6 +732,7 @@ def train_lm_dpo(
                 "lora": lora,
                 "steps": step,
                 "epochs": cfg.epochs,
+                "seconds": round(time.perf_counter() - started, 3),
                 "pairs": len(tokens),
                 "processes": accelerator.num_processes,
                 "beta": cfg.beta,

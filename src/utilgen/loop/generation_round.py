@@ -174,6 +174,7 @@ def run_generation_round(
         store.append(inputs.imported)
         generator_name = f"offline:{cfg.loop.offline_pool}"
     fault_point("generate.done")
+    generated_at = time.perf_counter()
 
     # 2. filter (texts: empty, short, long, duplicate, copied), decisions recorded in the pool
     if splits.train.modality == "text":
@@ -190,6 +191,8 @@ def run_generation_round(
     # 4. utility of the kept samples under the stage-1 model; selection with reasons
     if cfg.valuation.scores:
         value_and_select(store, cfg, splits, round_index, judge, judge_checkpoints)
+
+    valued_at = time.perf_counter()
 
     # 5. train a fresh model on real + the round's synthetic samples (its kept ones, or
     # every round's with loop.accumulate, capped by loop.synthetic_ratio), evaluate
@@ -224,5 +227,8 @@ def run_generation_round(
         "val_accuracy": val_metrics["accuracy"],
         "train_val_gap": train_val_gap(train_metrics["accuracy"], val_metrics["accuracy"]),
         "test": evaluate(student, splits.test),
-        "train_seconds": round(time.perf_counter() - started, 3),
+        # Stage by stage, for the report's cost table (a resumed round counts its last try).
+        "generate_seconds": round(generated_at - started, 3),
+        "value_seconds": round(valued_at - generated_at, 3),
+        "train_seconds": round(time.perf_counter() - valued_at, 3),
     }
