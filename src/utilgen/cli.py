@@ -20,6 +20,7 @@ from utilgen import __version__
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import EXIT_USER_ERROR, UtilgenError
 from utilgen.progress import set_quiet
+from utilgen.report.efficiency import DEFAULT_FRACTIONS
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
@@ -220,6 +221,52 @@ def report_cmd(
     out_console.print(f"report: {html_path} (and {md_path})")
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    from utilgen.report.efficiency import check_fractions
+
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UtilgenError(
+            f"--fractions {text!r} is not a comma-separated list of numbers; "
+            "e.g. --fractions 0,0.25,0.5,1"
+        ) from None
+    return check_fractions(values)
+
+
+@app.command(
+    "efficiency",
+    epilog="Example:\n\n"
+    "  utilgen efficiency runs/digits-static runs/digits-gendataagent --fractions 0,0.25,0.5,1",
+)
+def efficiency_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Finished run directories.", show_default=False)
+    ],
+    fractions: Annotated[
+        str,
+        typer.Option(
+            "--fractions", help="Shares of each run's synthetic samples, in [0, 1], with 1."
+        ),
+    ] = ",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
+) -> None:
+    """Accuracy vs synthetic samples per run (retrained on nested stratified subsets; writes
+    RUN/efficiency.json), and the samples each strategy needs to reach static's accuracy."""
+    wanted = _fractions(fractions)  # validate before the heavy imports
+    from utilgen.loop.efficiency import efficiency_curve
+    from utilgen.report import load_summary
+    from utilgen.report.efficiency import compare_to_static, curve_table, ratio_table
+
+    for run_dir in runs:
+        load_summary(run_dir)  # every run finished, before any is computed
+    curves = [efficiency_curve(run_dir, wanted) for run_dir in runs]
+    for curve in curves:
+        out_console.print(curve_table(curve))
+    rows = compare_to_static(curves)
+    if rows:
+        out_console.print(ratio_table(rows))
+
+
 @app.command(
     "compare",
     epilog="Example:\n\n  utilgen compare digits-real-only digits-static --seeds 3 --out cmp",
@@ -248,27 +295,25 @@ def compare_cmd(
 @app.command("demo", epilog="Examples:\n\n  utilgen demo\n\n  utilgen demo --fast --out /tmp/demo")
 def demo_cmd(
     fast: Annotated[
-        bool, typer.Option("--fast", help="Fewer texts and images: a few minutes on 2 cores.")
+        bool, typer.Option("--fast", help="One seed, smaller budgets: a few minutes on 2 cores.")
     ] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path(
         "utilgen-demo"
     ),
 ) -> None:
-    """Run every available strategy on the bundled datasets (digits, BBC News) and compare."""
-    from utilgen.atomic import write_text_atomic
+    """Run real-only, static and every utility-guided strategy on the bundled datasets
+    (digits, BBC News) over 3 seeds (--fast: 1), compare them and write the report."""
     from utilgen.loop.demo import run_demo
-    from utilgen.report import RunSummary, fidelity_rich_table, to_markdown, to_rich_table
+    from utilgen.report.compare import comparison_markdown
+    from utilgen.report.efficiency import ratio_table
 
-    results = run_demo(out, fast=fast)
-    summaries = [RunSummary(r.run_dir, r.summary) for r in results]
-    write_text_atomic(out / "results.md", to_markdown(summaries))
-    for summary in summaries:
-        fidelity = fidelity_rich_table(summary)
-        if fidelity is not None:
-            out_console.print(fidelity)
-    out_console.print(to_rich_table(summaries, title="utilgen demo"))
+    result = run_demo(out, fast=fast)
+    out_console.print(comparison_markdown(result.comparison))
+    if result.efficiency:
+        out_console.print(ratio_table(result.efficiency))
     out_console.print(
-        f"run directories under {out}/<dataset>/<strategy>/; table in {out}/results.md"
+        f"runs under {out}/<dataset>/<strategy>/; comparison in {out}/comparison.json; "
+        f"report: {result.report}"
     )
 
 
