@@ -27,7 +27,7 @@ import pyarrow as pa
 from utilgen.atomic import remove_stale_temp_files, write_bytes_atomic
 from utilgen.data.labelled import LabelledData, Modality
 from utilgen.errors import PoolError
-from utilgen.pool.blobs import read_blob, write_blob
+from utilgen.pool.blobs import read_blob, write_blobs
 from utilgen.pool.convert import class_names_from_manifest, labelled_from_manifest
 from utilgen.pool.layout import manifest_path, pool_dir
 from utilgen.pool.lock import RunLock
@@ -260,11 +260,8 @@ class PoolStore:
             return 0
 
         # 2. blobs first: no committed row may ever point to a blob that is not on disk
-        written: set[str] = set()
-        for sample in new.values():
-            if sample.blob not in written:
-                write_blob(self.run_dir, sample.payload)
-                written.add(sample.blob)
+        payloads = {sample.blob: sample.payload for sample in new.values()}
+        write_blobs(self.run_dir, payloads.values())
 
         # 3. commit the batch with one atomic replacement of the manifest
         rows = with_extra_columns(samples_to_table(list(new.values())), table)
