@@ -94,7 +94,9 @@ def test_second_prepare_loads_the_cache_without_training(
     cfg = tiny_config()
     fresh = prepare(cfg, task, broad)
     assert not fresh.from_cache
-    entries = [p for p in (tmp_path / "cache" / "builtin-diffusion").iterdir()]
+    entries = [
+        p for p in (tmp_path / "cache" / "builtin-diffusion").iterdir() if p.suffix != ".lock"
+    ]
     assert [p.name for p in entries] == [cache_key(cfg, task_train=task, broad=broad, seed=0)]
 
     def no_training(*args: object, **kwargs: object) -> None:
@@ -169,7 +171,7 @@ def test_a_crash_while_caching_leaves_no_entry(
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, task, None)
     root = tmp_path / "cache" / "builtin-diffusion"
-    assert list(root.iterdir()) == []
+    assert [p for p in root.iterdir() if p.suffix != ".lock"] == []
     monkeypatch.undo()
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
     assert not prepare(cfg, task, None).from_cache
@@ -337,3 +339,33 @@ def test_bad_config_names_the_field(builtin: dict[str, object], field: str) -> N
         config_from_dict({"generator": {"builtin": builtin}})
     message = str(error.value)
     assert field in message and "\n" not in message
+
+
+def test_concurrent_prepares_train_once_and_share_the_entry(
+    task_and_broad: tuple[LabelledData, LabelledData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from utilgen.generate.builtin import prepare as prepare_module
+
+    task, _ = task_and_broad
+    cfg = tiny_config(train_steps=3)
+    trained = []
+    real_train = prepare_module.train_builtin_generator
+
+    def counting(*args: object, **kwargs: object) -> BuiltinDiffusionGenerator:
+        trained.append(1)
+        return real_train(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(prepare_module, "train_builtin_generator", counting)
+    results: list[BuiltinDiffusionGenerator] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(prepare(cfg, task, None)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(trained) == 1
+    assert sorted(r.from_cache for r in results) == [False, True]

@@ -8,7 +8,11 @@ class-token inversion), then used to generate.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,6 +150,36 @@ def prepare_builtin_generator(
     _check_data(task_train, broad)
     key = cache_key(cfg, task_train=task_train, broad=broad, seed=seed)
     entry = cache_root(cfg) / key
+    # Runs in parallel (utilgen demo --jobs, several seeds or strategies at once) would each
+    # train the same model; the lock makes the later ones wait and load the first's.
+    with _entry_lock(entry):
+        return _load_or_train(
+            cfg, entry, key, task_train, broad, device, seed, batch_size, progress
+        )
+
+
+@contextmanager
+def _entry_lock(entry: Path) -> Iterator[None]:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_name(entry.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_or_train(
+    cfg: BuiltinDiffusionConfig,
+    entry: Path,
+    key: str,
+    task_train: LabelledData,
+    broad: LabelledData | None,
+    device: torch.device,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> BuiltinDiffusionGenerator:
     if (entry / CONFIG_NAME).is_file():
         try:
             cached = BuiltinDiffusionGenerator.from_pretrained(
