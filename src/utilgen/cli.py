@@ -300,14 +300,20 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path(
         "utilgen-demo"
     ),
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs", "-j", min=1, help="Runs at once (default: one per core, at most 2)."
+        ),
+    ] = None,
 ) -> None:
     """Run real-only, static and every utility-guided strategy on the bundled datasets
     (digits, BBC News) over 3 seeds (--fast: 1), compare them and write the report."""
-    from utilgen.loop.demo import run_demo
+    from utilgen.loop.demo import default_jobs, run_demo
     from utilgen.report.compare import comparison_markdown
     from utilgen.report.efficiency import ratio_table
 
-    result = run_demo(out, fast=fast)
+    result = run_demo(out, fast=fast, jobs=jobs or default_jobs())
     out_console.print(comparison_markdown(result.comparison))
     if result.efficiency:
         out_console.print(ratio_table(result.efficiency))

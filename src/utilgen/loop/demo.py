@@ -17,7 +17,10 @@ rest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,34 +126,102 @@ def _best_guided(comparison: dict[str, Any], dataset: str) -> str | None:
 
 
 def _efficiency(
-    out: Path, plan: Sequence[DemoEntry], comparison: dict[str, Any]
+    out: Path, plan: Sequence[DemoEntry], comparison: dict[str, Any], pool: _Pool
 ) -> list[dict[str, Any]]:
     """Efficiency curves of static and the best utility-guided strategy per dataset, then
     the ratio of samples each needs to reach static's final accuracy."""
-    curves = []
+    jobs = []
     for entry in plan:
         best = _best_guided(comparison, entry.dataset)
         if entry.strategy not in ("static", best):
             continue
         for seed in entry.seeds:
-            log.info("demo: sample efficiency of %s / %s seed %d", entry.dataset, entry.strategy,
-                     seed)
-            curves.append(efficiency_curve(run_dir_of(out, entry, seed), EFFICIENCY_FRACTIONS))
-    return compare_to_static(curves)
+            log.info(
+                "demo: sample efficiency of %s / %s seed %d", entry.dataset, entry.strategy, seed
+            )
+            jobs.append((efficiency_curve, (run_dir_of(out, entry, seed), EFFICIENCY_FRACTIONS)))
+    return compare_to_static(pool.map(jobs))
 
 
-def run_demo(out: str | Path = "utilgen-demo", fast: bool = False) -> DemoResult:
-    """Run every demo entry over its seeds into ``out``, then compare, measure sample
-    efficiency and write ``out/comparison.json`` and ``out/report.html``."""
+# Rough relative cost of a run, to start the longest first when runs share the CPU.
+_COST = {"real-only": 1, "static": 2, "gendataagent": 4, "udpo": 5, "utilgen": 6}
+
+
+def _in_worker(threads: int) -> None:
+    """Set-up of a demo worker process: its share of the cores, no progress bars."""
+    import torch
+
+    from utilgen.progress import set_quiet
+
+    torch.set_num_threads(threads)
+    set_quiet(True)
+
+
+def _run_summary(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    return run(config, run_dir).summary
+
+
+class _Pool:
+    """Runs jobs in this process (``jobs=1``) or in ``jobs`` worker processes, each with
+    its share of the cores; results come back in submission order."""
+
+    def __init__(self, jobs: int) -> None:
+        self.jobs = jobs
+        self._executor: Executor | None = None
+        if jobs > 1:
+            threads = max(1, (os.cpu_count() or jobs) // jobs)
+            self._executor = ProcessPoolExecutor(
+                max_workers=jobs,
+                # spawn: a forked worker would inherit torch's thread pool and locks
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_in_worker,
+                initargs=(threads,),
+            )
+
+    def map(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        if self._executor is None:
+            return [fn(*args) for fn, args in jobs]
+        futures: list[Future[Any]] = [self._executor.submit(fn, *args) for fn, args in jobs]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+
+
+def default_jobs() -> int:
+    """Runs at once: one per core, at most 2 (each run's small models use a core well)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1) -> DemoResult:
+    """Run every demo entry over its seeds into ``out`` (``jobs`` runs at a time), then
+    compare, measure sample efficiency and write ``out/comparison.json`` and
+    ``out/report.html``."""
     out = Path(out)
     plan = demo_plan(fast)
     configs = [(entry, seed, demo_config(entry, seed)) for entry in plan for seed in entry.seeds]
-    results = []
-    for entry, seed, config in configs:
-        log.info("demo: %s / %s, seed %d", entry.dataset, entry.strategy, seed)
-        results.append(run(config, run_dir_of(out, entry, seed)))
-    comparison = compare_summaries([r.summary for r in results])
-    efficiency = _efficiency(out, plan, comparison)
+    # Longest first, so that the last run to finish is a short one.
+    order = list(range(len(configs)))
+    if jobs > 1:
+        order.sort(key=lambda i: -_COST.get(configs[i][0].strategy, 3))
+    pool = _Pool(jobs)
+    try:
+        summaries = pool.map(
+            [
+                (_run_summary, (configs[i][2], run_dir_of(out, configs[i][0], configs[i][1])))
+                for i in order
+            ]
+        )
+        by_index = dict(zip(order, summaries, strict=True))
+        results = [
+            RunResult(run_dir_of(out, entry, seed), by_index[i])
+            for i, (entry, seed, _) in enumerate(configs)
+        ]
+        comparison = compare_summaries([r.summary for r in results])
+        efficiency = _efficiency(out, plan, comparison, pool)
+    finally:
+        pool.close()
     comparison["sample_efficiency"] = efficiency
     write_comparison(out, comparison)
     html, _ = build_report([r.run_dir for r in results], out, comparison)
