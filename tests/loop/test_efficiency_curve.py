@@ -43,18 +43,9 @@ def config() -> RunConfig:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from utilgen.progress import set_quiet
-
-    # module scope: quiet_one_thread is function-scoped, so set the same here
-    set_quiet(True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "static"
     cfg = config()
     run(cfg, run_dir, prepared=prepared(cfg))
-    torch.set_num_threads(threads)
     return run_dir
 
 
