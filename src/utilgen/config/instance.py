@@ -142,6 +142,18 @@ class NoiseOptimisationConfig(GradientPathConfig):
         1.0, ge=0.0, description="Weight of the penalty in the loss -log p(y|x) + w * penalty."
     )
 
+    @field_validator("backprop_steps")
+    @classmethod
+    def _full_gradient_path(cls, value: int | None) -> int | None:
+        # Checked here, not when round 2 starts: a run must not find out after round 1.
+        if value is not None:
+            raise ValueError(
+                f"feedback.noise_opt.backprop_steps={value} cannot work: the gradient must reach "
+                "the initial noise through every denoising step; set it to null (use "
+                "feedback.noise_opt.gradient_checkpointing to save memory)"
+            )
+        return value
+
 
 class InstanceFeedbackConfig(Section):
     """Settings shared by the instance-level components."""

@@ -40,7 +40,6 @@ import torch
 
 from utilgen.config import NoiseOptimisationConfig
 from utilgen.config.instance import NoisePenalty
-from utilgen.feedback.errors import FeedbackError
 from utilgen.feedback.prompt_ascent import (
     BatchOutputs,
     RowObjective,
@@ -85,16 +84,6 @@ def noise_penalty(z: torch.Tensor, kind: NoisePenalty) -> torch.Tensor:
 
 
 # 2. checks ----------------------------------------------------------------------------------
-
-
-def check_noise_settings(cfg: NoiseOptimisationConfig) -> None:
-    """Raise a one-line :class:`FeedbackError` for settings noise optimisation cannot honour."""
-    if cfg.backprop_steps is not None:
-        raise FeedbackError(
-            f"feedback.noise_opt.backprop_steps={cfg.backprop_steps} cannot work: the gradient "
-            "must reach the initial noise through every denoising step; set it to null (use "
-            "feedback.noise_opt.gradient_checkpointing to save memory)"
-        )
 
 
 def regeneration_guidance(sampler: DifferentiableSampler, cfg: NoiseOptimisationConfig) -> float:
@@ -173,12 +162,12 @@ def optimise_noise(
     docstring). Requests are processed ``cfg.batch_size`` at a time.
 
     Raises:
-        FeedbackError: a request is img2img, or ``cfg.backprop_steps`` is set.
+        FeedbackError: a request is img2img (``backprop_steps``, which cannot work here, is
+            refused by the config).
     """
     # 1. check inputs
     requests = list(requests)
     check_text_to_image(requests, "noise_opt")
-    check_noise_settings(cfg)
     g_regen = regeneration_guidance(sampler, cfg)
     if g_regen == cfg.inversion_guidance:
         log.info(

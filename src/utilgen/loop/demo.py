@@ -72,15 +72,15 @@ _BBC_TEXT = ("generator.lm.max_new_tokens=64",)
 STRATEGY: dict[tuple[str, str], tuple[str, ...]] = {
     ("digits", "utilgen"): (
         *_digits_feedback("meta_weight"),
-        # 2 Adam steps on 40 requests at once (8 at once is 3x slower on CPU), gradients
-        # through the last 5 of 25 denoising steps, one fixed-point refinement per
-        # inversion step: the instance level still costs more than the rest of the run
+        # 2 Adam steps on 40 requests at once (8 at once is 3x slower on CPU), prompt
+        # gradients through the last 5 of 25 denoising steps (the noise's need all), one
+        # fixed-point refinement per inversion step: the instance level still costs more
+        # than the rest of the run
         "feedback.prompt_ascent.steps=2",
         "feedback.prompt_ascent.batch_size=40",
         "feedback.prompt_ascent.backprop_steps=5",
         "feedback.noise_opt.steps=2",
         "feedback.noise_opt.batch_size=40",
-        "feedback.noise_opt.backprop_steps=5",
         "feedback.noise_opt.inversion_fixed_point=1",
     ),
     ("digits", "udpo"): _digits_feedback("composite"),
