@@ -257,43 +257,21 @@ def test_offline_mode_reads_an_image_folder(tmp_path: Path, generated: Path) -> 
     assert (ours.set_index("blob")["label"] == by_blob[ours["blob"]]).all()
 
 
+def _offline_args(pool: Path, out: Path) -> list[str]:
+    sets = ["loop.mode=offline", "loop.rounds=1", f"loop.offline_pool={pool}"]
+    return ["run", "digits-real-only", *(a for s in sets for a in ("--set", s)), "--out", str(out)]
+
+
 def test_offline_config_errors(cli_error, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     line = cli_error(["run", "digits-real-only", "--set", "loop.mode=offline", "--out", str(out)])
     assert "needs loop.offline_pool" in line
-    line = cli_error(
-        [
-            "run",
-            "digits-real-only",
-            "--set",
-            "loop.mode=offline",
-            "--set",
-            "loop.rounds=1",
-            "--set",
-            f"loop.offline_pool={tmp_path / 'nope'}",
-            "--out",
-            str(out),
-        ]
-    )
-    assert "not found" in line
+    assert "not found" in cli_error(_offline_args(tmp_path / "nope", out))
     bad = tmp_path / "bad"
     for name in ("3", "not-a-digit"):
         (bad / name).mkdir(parents=True)
         Image.new("L", (8, 8)).save(bad / name / "x.png")
-    line = cli_error(
-        [
-            "run",
-            "digits-real-only",
-            "--set",
-            "loop.mode=offline",
-            "--set",
-            "loop.rounds=1",
-            "--set",
-            f"loop.offline_pool={bad}",
-            "--out",
-            str(out),
-        ]
-    )
+    line = cli_error(_offline_args(bad, out))
     assert "not-a-digit" in line and "real data does not" in line
     assert not out.exists()
 
