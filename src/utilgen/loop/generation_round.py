@@ -111,9 +111,10 @@ def value_and_select(
     round_index: int,
     judge: TaskModel,
     judge_checkpoints: Sequence[Path],
-) -> dict[str, float] | None:
+) -> None:
     """Score the round's kept synthetic samples with the stage-1 model, record the scores,
-    apply ``valuation.selection``; returns id -> training weight (None: no selection)."""
+    apply ``valuation.selection`` (kept, reason and training weight go into the pool, where
+    :func:`~utilgen.loop.training_set.build_training_set` reads them)."""
     from utilgen.value import (
         apply_selection,
         build_selector,
@@ -126,7 +127,7 @@ def value_and_select(
     # Kept by the filters, including what this round's own selection dropped before a crash.
     candidates = selection_candidates(store, round_index, splits.train.class_names)
     if not len(candidates):
-        return None
+        return
     frame = score_samples(
         cfg.valuation,
         judge,
@@ -138,11 +139,10 @@ def value_and_select(
     record_scores(store, round_index, frame)
     fault_point("value.scored")
     if not cfg.valuation.selection:
-        return None
+        return
     selection = build_selector(cfg.valuation.selection).select(scored_samples(candidates, frame))
     apply_selection(store, round_index, selection)
     fault_point("select.applied")
-    return selection.weights()
 
 
 def run_generation_round(

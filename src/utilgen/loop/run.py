@@ -127,8 +127,9 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     ratio_caps(config, splits.train)  # a ratio that rounds to nothing fails here
     if config.loop.mode == "offline":
         imported = tuple(offline_samples(config, splits.train))
-        check_first_round_budget(config.loop.budget, round_cost(config, 1, len(imported), 0))
-        return Prepared(config=config, splits=splits, model=model, imported=imported)
+        offline = Prepared(config, splits, model, imported=imported)
+        check_first_round_budget(config.loop.budget, _projected(offline, 1))
+        return offline
     if not with_generator or config.generator.kind == "none":
         return Prepared(config=config, splits=splits, model=model)
     _check_generator_modality(config, splits)
@@ -136,7 +137,8 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     requests = tuple(
         static_requests(config.generator, splits=splits, seed=config.seed, round_index=1)
     )
-    check_first_round_budget(config.loop.budget, _projected(config, 1, requests))
+    unbuilt = Prepared(config, splits, model, requests=requests)
+    check_first_round_budget(config.loop.budget, _projected(unbuilt, 1))
     if "hard_samples" in config.feedback.components:
         _check_hard_samples(config, splits)
     generator = build_generator(
@@ -148,11 +150,15 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     return Prepared(config, splits, model, generator, requests)
 
 
-def _projected(config: RunConfig, round_index: int, requests: Sequence[GenerationRequest]) -> Cost:
-    """Round ``round_index``'s projected cost; every round makes as many samples as the
-    static requests do (hard-sample and optimised rounds replace, not add, requests)."""
+def _projected(prepared: Prepared, round_index: int) -> Cost:
+    """Round ``round_index``'s projected cost: every round makes as many samples as the
+    static requests do (hard-sample and optimised rounds replace, not add, requests); an
+    offline round imports the pre-generated pool."""
+    if prepared.config.loop.mode == "offline":
+        return round_cost(prepared.config, round_index, len(prepared.imported), 0)
+    requests = prepared.requests
     n_samples = sum(r.num_outputs for r in requests)
-    return round_cost(config, round_index, n_samples, len(requests))
+    return round_cost(prepared.config, round_index, n_samples, len(requests))
 
 
 def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
@@ -352,10 +358,7 @@ def _generation_rounds(
     fed_back = 0  # rounds whose feedback the generator carries
     while True:
         round_index = len(finished)
-        next_cost = _projected(cfg, round_index, prepared.requests)
-        if cfg.loop.mode == "offline":
-            next_cost = round_cost(cfg, round_index, len(prepared.imported), 0)
-        reason = _stop_reason(cfg, finished, next_cost)
+        reason = _stop_reason(cfg, finished, _projected(prepared, round_index))
         if reason is not None:
             return finished, reason
         done = _round_metrics(run_dir, round_index)
