@@ -74,3 +74,28 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
     assert {r["dataset"] for r in rows} == set(DEMO_DATASETS)
     html = (tmp_path / "report.html").read_text()
     assert "<img" in html and (tmp_path / "report.md").exists()
+
+
+def test_each_seeds_generator_is_one_job_the_digits_runs_wait_for(tmp_path: Path) -> None:
+    from utilgen.loop.demo import _demo_jobs
+
+    plan = demo_plan(fast=False)
+    configs = [(e, s, demo_config(e, s)) for e in plan for s in e.seeds]
+    jobs = {j.key: j for j in _demo_jobs(tmp_path, configs)}
+    generators = [k for k in jobs if k.startswith("generator:")]
+    assert len(generators) == SEEDS  # one per seed, shared by every digits strategy
+    for entry, seed, _ in configs:
+        job = jobs[f"run:{run_dir_of(tmp_path, entry, seed)}"]
+        uses_builtin = entry.dataset == "digits" and entry.strategy != "real-only"
+        assert len(job.after) == int(uses_builtin)
+        if uses_builtin:
+            # the same seed's generator: its job trains with that seed's config
+            assert jobs[job.after[0]].args[0].seed == seed
+    # a finished run needs no generator: a resumed demo does not retrain it
+    for entry, seed, _ in configs:
+        if entry.dataset == "digits" and seed == 0:
+            run_dir = run_dir_of(tmp_path, entry, seed)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text("{}")
+    resumed = [j.key for j in _demo_jobs(tmp_path, configs) if j.key.startswith("generator:")]
+    assert len(resumed) == SEEDS - 1

@@ -16,21 +16,25 @@ rest.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utilgen.config import RunConfig, load_config, preset_path
 from utilgen.loop.efficiency import efficiency_curve
-from utilgen.loop.run import RunResult, run
+from utilgen.loop.run import RunResult, prepare, run
+from utilgen.loop.schedule import Job, results_in_order, run_jobs
 from utilgen.report.compare import BASELINES, compare_summaries, write_comparison
 from utilgen.report.efficiency import compare_to_static
 from utilgen.report.html import build_report
+from utilgen.report.runs import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,10 @@ EFFICIENCY_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
 # papers' structure (utility-ranked selection of a third of what they generate, rounds,
 # DPO) with fewer samples and optimiser steps.
 DEMO: dict[str, tuple[str, ...]] = {
-    "digits": (),
+    # Pretraining the built-in generator is the costliest step of a digits seed: batch 32
+    # instead of 64 halves it for a label fidelity of 0.95 instead of 0.97
+    # (benchmarks/RESULTS.md, builtin_fidelity.py).
+    "digits": ("generator.builtin.train_batch_size=32",),
     # Encoding every article with MiniLM dominates on CPU: fewer, shorter articles.
     "bbc-news": ("data.max_per_class=120", "task.max_length=128"),
 }
@@ -176,12 +183,55 @@ def _efficiency(
             log.info(
                 "demo: sample efficiency of %s / %s seed %d", entry.dataset, entry.strategy, seed
             )
-            jobs.append((efficiency_curve, (run_dir_of(out, entry, seed), EFFICIENCY_FRACTIONS)))
-    return compare_to_static(pool.map(jobs))
+            run_dir = run_dir_of(out, entry, seed)
+            jobs.append(
+                Job(
+                    f"efficiency:{run_dir}",
+                    efficiency_curve,
+                    (run_dir, EFFICIENCY_FRACTIONS),
+                    cost=_EFFICIENCY_COST,
+                )
+            )
+    return compare_to_static(results_in_order(jobs, pool.run(jobs)))
 
 
-# Rough relative cost of a run, to start the longest first when runs share the CPU.
-_COST = {"real-only": 1, "static": 2, "gendataagent": 4, "udpo": 5, "utilgen": 6}
+# Seconds one run takes on one CPU thread (fast demo, measured): what orders the runs
+# when several share the CPU; only the ratios matter.
+_COST: dict[tuple[str, str], float] = {
+    ("digits", "real-only"): 10,
+    ("digits", "static"): 25,
+    ("digits", "gendataagent"): 50,
+    ("digits", "udpo"): 60,
+    ("digits", "utilgen"): 200,
+    ("bbc-news", "real-only"): 15,
+    ("bbc-news", "static"): 105,
+    ("bbc-news", "udpo"): 225,
+}
+_DEFAULT_COST = 60.0
+# Pretraining and adapting the built-in generator of one seed (demo settings, one thread).
+_GENERATOR_COST = 150.0
+_EFFICIENCY_COST = 15.0
+
+
+def _generator_job_key(config: RunConfig) -> str | None:
+    """One key per built-in generator the runs will train: every run of a dataset and seed
+    shares it (same data, split, generator settings and seed), so it is trained once as a
+    job of its own, which the runs wait for, instead of inside whichever run gets to it first
+    while the others block on its cache lock."""
+    if config.generator.kind != "builtin-diffusion":
+        return None
+    inputs = {
+        "data": config.data.model_dump(mode="json"),
+        "builtin": config.generator.builtin.training_fields(),
+        "seed": config.seed,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return f"generator:{digest}"
+
+
+def _prepare_generator(config: RunConfig) -> None:
+    """Train (or find cached) the built-in generator ``config`` uses; writes no run."""
+    prepare(config)
 
 
 def _in_worker(threads: int) -> None:
@@ -215,11 +265,9 @@ class _Pool:
                 initargs=(threads,),
             )
 
-    def map(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
-        if self._executor is None:
-            return [fn(*args) for fn, args in jobs]
-        futures: list[Future[Any]] = [self._executor.submit(fn, *args) for fn, args in jobs]
-        return [f.result() for f in futures]
+    def run(self, jobs: Sequence[Job]) -> dict[str, Any]:
+        """Every job's result by key (:func:`~utilgen.loop.schedule.run_jobs`)."""
+        return run_jobs(jobs, self._executor, self.jobs)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -231,29 +279,37 @@ def default_jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def _demo_jobs(out: Path, configs: Sequence[tuple[DemoEntry, int, RunConfig]]) -> list[Job]:
+    """A job per run, keyed ``run:<run dir>``, plus a job per built-in generator that the
+    unfinished runs using it wait for (a resumed demo does not retrain the generator of
+    runs that are done)."""
+    generators: dict[str, Job] = {}
+    runs = []
+    for entry, seed, config in configs:
+        after: tuple[str, ...] = ()
+        finished = (run_dir_of(out, entry, seed) / SUMMARY_FILE).is_file()
+        if not finished and (key := _generator_job_key(config)) is not None:
+            generators.setdefault(key, Job(key, _prepare_generator, (config,), _GENERATOR_COST))
+            after = (key,)
+        cost = _COST.get((entry.dataset, entry.strategy), _DEFAULT_COST)
+        run_dir = run_dir_of(out, entry, seed)
+        runs.append(Job(f"run:{run_dir}", _run_summary, (config, run_dir), cost, after))
+    return [*generators.values(), *runs]
+
+
 def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1) -> DemoResult:
-    """Run every demo entry over its seeds into ``out`` (``jobs`` runs at a time), then
-    compare, measure sample efficiency and write ``out/comparison.json`` and
-    ``out/report.html``."""
+    """Run every demo entry over its seeds into ``out`` (``jobs`` runs at a time, critical
+    chains first: :mod:`utilgen.loop.schedule`), then compare, measure sample efficiency
+    and write ``out/comparison.json`` and ``out/report.html``."""
     out = Path(out)
     plan = demo_plan(fast)
     configs = [(entry, seed, demo_config(entry, seed)) for entry in plan for seed in entry.seeds]
-    # Longest first, so that the last run to finish is a short one.
-    order = list(range(len(configs)))
-    if jobs > 1:
-        order.sort(key=lambda i: -_COST.get(configs[i][0].strategy, 3))
     pool = _Pool(jobs)
     try:
-        summaries = pool.map(
-            [
-                (_run_summary, (configs[i][2], run_dir_of(out, configs[i][0], configs[i][1])))
-                for i in order
-            ]
-        )
-        by_index = dict(zip(order, summaries, strict=True))
+        results_by_key = pool.run(_demo_jobs(out, configs))
         results = [
-            RunResult(run_dir_of(out, entry, seed), by_index[i])
-            for i, (entry, seed, _) in enumerate(configs)
+            RunResult(run_dir, results_by_key[f"run:{run_dir}"])
+            for run_dir in (run_dir_of(out, entry, seed) for entry, seed, _ in configs)
         ]
         comparison = compare_summaries([r.summary for r in results])
         efficiency = _efficiency(out, plan, comparison, pool)
