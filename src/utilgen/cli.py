@@ -86,19 +86,28 @@ def run_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>).")
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Write RUN/report.html (figures and a t-SNE: seconds to a minute).",
+        ),
+    ] = True,
 ) -> None:
     """Run (or resume) a config into a run directory and print its results."""
     cfg = _resolve_config(config, set_)  # validate before the heavy imports
     from utilgen.loop.run import run
     from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
-    result = run(cfg, out or Path("runs") / cfg.name)
+    result = run(cfg, out or Path("runs") / cfg.name, report=report)
     summary = RunSummary(result.run_dir, result.summary)
     fidelity = fidelity_rich_table(summary)
     if fidelity is not None:
         out_console.print(fidelity)
     out_console.print(to_rich_table([summary]))
     out_console.print(f"run directory: {result.run_dir}")
+    if report:
+        out_console.print(f"report: {result.run_dir / 'report.html'}")
 
 
 @app.command(

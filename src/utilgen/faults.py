@@ -31,6 +31,7 @@ POINTS: dict[str, str] = {
     "feedback.trained": "the DPO adapter trained and saved, result.json not written",
     "policy.planned": "instance-level requests computed, not yet saved",
     "summary.before": "every round finished, summary.json not written",
+    "report.before": "summary.json and report.md written, report.html not",
 }
 
 _reached: dict[str, int] = {}

@@ -38,6 +38,17 @@ def test_run_directory_follows_the_contract(finished: Path) -> None:
     assert [p.name for p in checkpoints] == [f"epoch-{i:03d}.safetensors" for i in (1, 2, 3)]
     assert yaml.safe_load((finished / "config.yaml").read_text())["task"]["epochs"] == 3
     assert (finished / "report.md").read_text().startswith("# utilgen run")
+    # the full report of this one run: every section, the run's row in the comparison
+    html = (finished / "report.html").read_text()
+    assert "1. Comparison of strategies" in html and "9. Cost" in html
+    assert html.count("<td>digits</td><td>real-only</td>") == 1
+
+
+def test_report_false_skips_only_the_html(tmp_path: Path, finished: Path) -> None:
+    result = run(_config(), tmp_path / "quiet", report=False)
+    assert not (result.run_dir / "report.html").exists()
+    assert (result.run_dir / "report.md").exists()
+    assert result.summary == json.loads((finished / "summary.json").read_text())
 
 
 def test_pool_holds_every_real_sample_once_with_its_split(finished: Path) -> None:

@@ -51,6 +51,7 @@ CASES: list[tuple[str, str, str]] = [
     ("dpo", "train.checkpoint@9", "round 2 training, after its last epoch"),
     ("dpo", "round.trained@2", "round 2 student trained, its metrics.json not written"),
     ("dpo", "summary.before", "every round finished, summary.json not written"),
+    ("dpo", "report.before", "summary.json and report.md written, report.html not"),
     ("instance", "policy.planned", "round 2: prompt ascent + noise optimised, not saved"),
     ("instance", "generate.append@3", "round 2 generation from the saved optimised requests"),
     ("instance", "round.trained@2", "round 2 student trained, its metrics.json not written"),
@@ -93,7 +94,10 @@ def test_killed_at_a_fault_point_resumes_to_the_uninterrupted_result(
     # 1. the fault point is reached and the process dies there by SIGKILL
     killed = run_utilgen(config, run_dir, fault=fault)
     assert killed.returncode == KILLED, f"{fault} not reached:\n{killed.output[-3000:]}"
-    assert not (run_dir / "summary.json").exists()
+    if fault == "report.before":
+        assert (run_dir / "summary.json").exists() and not (run_dir / "report.html").exists()
+    else:
+        assert not (run_dir / "summary.json").exists()
 
     # 2. the same command, without the fault, finishes the run
     resumed = run_utilgen(config, run_dir)

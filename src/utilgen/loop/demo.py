@@ -245,7 +245,7 @@ def _in_worker(threads: int) -> None:
 
 
 def _run_summary(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    return run(config, run_dir).summary
+    return run(config, run_dir, report=False).summary
 
 
 class _Pool:

@@ -55,6 +55,7 @@ from utilgen.loop.training_set import ratio_caps
 from utilgen.pool import PoolStore, Sample, samples_from_labelled
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
+from utilgen.report.html import build_run_html
 from utilgen.task import (
     TaskModel,
     build_task_model,
@@ -380,8 +381,17 @@ def _generation_rounds(
         )
 
 
-def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    run_dir: str | Path,
+    prepared: Prepared | None = None,
+    *,
+    report: bool = True,
+) -> RunResult:
     """Run (or resume) ``config`` in ``run_dir``; returns the final summary.
+
+    ``report=False`` skips ``report.html`` (figures and a t-SNE: seconds per run), for
+    callers that report over many runs at once, as the demo does.
 
     Steps, each skipped when its output exists:
     1. check inputs (data, splits, task model) — nothing is written if this fails
@@ -390,7 +400,7 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
     4. stage 1: train on real data with a checkpoint per epoch, evaluate
     5. rounds 1..loop.rounds: (feedback from the previous round,) generate, filter, judge
        label fidelity and utility, retrain, evaluate
-    6. summary.json and report.md
+    6. summary.json, report.md and (``report``) report.html
     """
     run_dir = Path(run_dir)
     # 1. check inputs
@@ -426,4 +436,7 @@ def run(config: RunConfig, run_dir: str | Path, prepared: Prepared | None = None
         fault_point("summary.before")
         write_json_atomic(run_dir / "summary.json", summary)
         write_run_report(run_dir)
+        fault_point("report.before")
+        if report:
+            build_run_html(run_dir)
     return RunResult(run_dir=run_dir, summary=summary)

@@ -115,3 +115,14 @@ def build_report(
     returns it) is computed from the runs' summaries when None. Returns (html, md)."""
     runs = [read_run(d) for d in run_dirs]
     return write_report(runs, Path(out_dir), comparison)
+
+
+def build_run_html(run_dir: str | Path) -> Path:
+    """``RUN/report.html``: every section of the report for the one finished run in
+    ``run_dir`` (its ``report.md`` stays the short summary the loop writes). Returns it."""
+    runs = [read_run(run_dir)]
+    sections = report_sections(runs, comparison_of(runs))
+    page = render_html(TITLE, [_intro(runs)], sections)
+    path = write_text_atomic(Path(run_dir) / HTML_FILE, page)
+    log.info("run report written to %s", path)
+    return path
