@@ -9,6 +9,7 @@ from utilgen.report.efficiency import (
     compare_to_static,
     efficiency_ratio,
     mean_curve,
+    ratio_text,
     samples_to_reach,
 )
 
@@ -61,6 +62,10 @@ def test_efficiency_ratio_against_static_final_accuracy() -> None:
         "other_samples": pytest.approx(37.5),
         "ratio": None,
     }
+    # what the tables print for the three cases
+    assert ratio_text(out) == "0.375"
+    assert ratio_text(efficiency_ratio(STATIC, worse)) == "never"
+    assert ratio_text(efficiency_ratio(flat, GUIDED)) == "undefined"
 
 
 def test_efficiency_ratio_needs_the_fraction_one_point() -> None:

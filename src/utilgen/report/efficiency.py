@@ -198,6 +198,17 @@ def curve_table(curve: Mapping[str, Any]) -> Table:
     return table
 
 
+def ratio_text(row: Mapping[str, Any]) -> str:
+    """A :func:`compare_to_static` row's ratio for people: the number, ``never`` (the
+    strategy's curve does not reach the target) or ``undefined`` (static needs no synthetic
+    sample to reach its own final accuracy, so there is nothing to divide by)."""
+    if row["ratio"] is not None:
+        return f"{row['ratio']:.3f}"
+    if row["other_samples"] is None:
+        return "never"
+    return "undefined"
+
+
 def ratio_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     """:func:`compare_to_static` rows for the terminal."""
     table = Table(title="synthetic samples needed to reach static's final top-1")
@@ -210,6 +221,6 @@ def ratio_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             _cell(r["target_accuracy"]),
             _cell(r["static_samples"], 1),
             _cell(r["other_samples"], 1),
-            _cell(r["ratio"], 3),
+            ratio_text(r),
         )
     return table

@@ -28,7 +28,7 @@ from utilgen.report.document import (
     Table,
     Text,
 )
-from utilgen.report.efficiency import EFFICIENCY_FILE, compare_to_static
+from utilgen.report.efficiency import EFFICIENCY_FILE, compare_to_static, ratio_text
 from utilgen.report.feedback_effect import mann_whitney_greater, round_scores
 from utilgen.report.figures import (
     accuracy_vs_samples_figure,
@@ -305,7 +305,7 @@ def efficiency_ratio_table(curves: Sequence[Mapping[str, Any]]) -> Table | None:
             _fmt(r["target_accuracy"]),
             _fmt(r["static_samples"], 1),
             "never" if r["other_samples"] is None else _fmt(r["other_samples"], 1),
-            _fmt(r["ratio"], 3),
+            ratio_text(r),
             f"{r['n_runs']} / {r['n_static_runs']}",
         )
         for r in rows
@@ -355,7 +355,8 @@ def accuracy_curve_section(runs: Sequence[ReportRun]) -> Section:
                 "Synthetic samples each strategy's seed-mean efficiency curve needs to reach "
                 "static's final top-1 (linear interpolation between points; below 1 the "
                 "strategy needs fewer samples than static; never: the curve does not reach it; "
-                "–: undefined, as static needs no synthetic sample to reach it)."
+                "undefined: static needs no synthetic sample to reach it, real data alone "
+                "do)."
             ),
             table,
         ]
