@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from utilgen.faults import write_fault
+
 
 def _fsync_dir(directory: Path) -> None:
     # The rename is only durable once the directory entry itself reaches the disk.
@@ -43,7 +45,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bo
         # reports and exports written here are readable as the user's umask allows.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data[: len(data) // 2])
+            write_fault(path)  # tests: a disk that fills up half-way through this file
+            f.write(data[len(data) // 2 :])
             f.flush()
             if durable:
                 os.fsync(f.fileno())

@@ -18,7 +18,12 @@ from rich.console import Console
 
 from utilgen import __version__
 from utilgen.config import RunConfig, resolve_config
-from utilgen.errors import EXIT_USER_ERROR, UtilgenError
+from utilgen.errors import (
+    DISK_FULL_ERRNOS,
+    EXIT_USER_ERROR,
+    UtilgenError,
+    disk_full_message,
+)
 from utilgen.progress import set_quiet
 from utilgen.report.efficiency import DEFAULT_FRACTIONS
 
@@ -380,6 +385,16 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         err_console.print(
             f"utilgen: error: {err.format_message()} (see `utilgen --help`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as err:
+        if debug or err.errno not in DISK_FULL_ERRNOS:
+            raise
+        err_console.print(
+            f"utilgen: error: {disk_full_message(err)}",
             markup=False,
             highlight=False,
             soft_wrap=True,

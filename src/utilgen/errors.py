@@ -7,6 +7,8 @@ the input and the fix. The CLI prints the message without a traceback and exits 
 
 from __future__ import annotations
 
+import errno
+
 EXIT_USER_ERROR = 2
 
 
@@ -32,3 +34,17 @@ class PoolError(UtilgenError):
 
 class RunLockedError(UtilgenError):
     """Another process holds the run directory's lock."""
+
+
+# errno values that mean "the file system refused more data": full disk or exhausted quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full_message(err: OSError) -> str:
+    """The one line the CLI prints when a write fails for lack of space."""
+    where = f" writing {err.filename}" if err.filename else ""
+    return (
+        f"no space left on the device{where} ({err.strerror or 'disk full'}); everything "
+        "finished before this step is intact: free space (or point --out and "
+        "UTILGEN_CACHE_DIR elsewhere) and re-run the same command to resume"
+    )

@@ -6,6 +6,11 @@ time the point is reached, counted from 1) and the process SIGKILLs itself there
 ``finally``, no atexit, no flush, exactly like a power cut or the OOM killer. Re-running the
 same command must then finish with the same pool and metrics as an uninterrupted run.
 
+``UTILGEN_FAULT=enospc@<n>`` instead makes the n-th atomic write of the process
+(:mod:`utilgen.atomic`, counted from 1) fail half-way with ``OSError(ENOSPC)``, as a full
+disk would: the tests then check that the run stops with a one-line message, leaves no
+partial file and resumes once there is space again.
+
 Without the variable (every normal run) :func:`fault_point` is one dictionary lookup.
 The points (``POINTS``) sit just after a durable write and just before the next one, where
 a crash leaves the most half-finished state behind.
@@ -13,6 +18,7 @@ a crash leaves the most half-finished state behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -34,6 +40,8 @@ POINTS: dict[str, str] = {
     "report.before": "summary.json and report.md written, report.html not",
 }
 
+DISK_FULL = "enospc"
+
 _reached: dict[str, int] = {}
 
 
@@ -48,3 +56,15 @@ def fault_point(name: str) -> None:
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == (int(nth) if nth else 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_fault(path: os.PathLike[str] | str) -> None:
+    """Raise ``OSError(ENOSPC)`` for ``path`` if ``UTILGEN_FAULT=enospc@<n>`` and this is
+    the n-th atomic write of the process (called by :mod:`utilgen.atomic` mid-write)."""
+    wanted = os.environ.get(ENV)
+    if not wanted or not wanted.startswith(DISK_FULL):
+        return
+    _, _, nth = wanted.partition("@")
+    _reached[DISK_FULL] = _reached.get(DISK_FULL, 0) + 1
+    if _reached[DISK_FULL] == (int(nth) if nth else 1):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_feedback_command import TINY_BUILTIN, sets, utilgen
+from cli_helpers import TINY_BUILTIN, sets, utilgen
 
 RUN_SETS = [
     "task.epochs=2",

@@ -10,30 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import TINY_BUILTIN, sets, utilgen
 
-from utilgen.cli import main
-
-TINY_BUILTIN = [
-    # a tiny built-in generator that trains in seconds (cached under UTILGEN_CACHE_DIR)
-    "generator.builtin.block_out_channels=[8,16]", "generator.builtin.norm_num_groups=4",
-    "generator.builtin.train_steps=5", "generator.builtin.adapt_steps=0",
-    "generator.builtin.steps=3",
-]
 RUN_SETS = [
     "task.epochs=2", "data.k_shot=5", "data.max_per_class=40", "generator.per_class=4",
     "valuation.scores=[marginal]", "valuation.selection=[]", "feedback.pairs.score=marginal",
     "feedback.pairs.ratio=0.5", "feedback.diffusion_dpo.steps=2", *TINY_BUILTIN,
 ]
-
-
-def utilgen(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--quiet", *args])
-    return int(exit_info.value.code or 0)
-
-
-def sets(values: list[str]) -> list[str]:
-    return [arg for value in values for arg in ("--set", value)]
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_instance_rounds import PER_CLASS, prepared
+from tiny_builtin import PER_CLASS, prepared
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import UtilgenError

@@ -10,23 +10,19 @@ the k lowest-marginal real training digits per class under round 1's classifier.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_builtin import tiny_generator
+from tiny_builtin import PER_CLASS, prepared
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.feedback import prompt_ascent
 from utilgen.feedback.errors import FeedbackError
-from utilgen.generate.builtin import builtin_class_requests
 from utilgen.generate.request_io import read_requests
-from utilgen.loop.run import Prepared, build_model, prepare, run
+from utilgen.loop.run import build_model, prepare, run
 from utilgen.pool import PoolStore
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
-
-PER_CLASS = 3
 
 pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 
@@ -40,15 +36,6 @@ def config(preset: str, *extra: str) -> RunConfig:
             *extra,
         ],
     )
-
-
-def prepared(cfg: RunConfig) -> Prepared:
-    base = prepare(cfg, with_generator=False)
-    names = base.splits.train.class_names
-    requests = builtin_class_requests(
-        names, per_class=PER_CLASS, seed=cfg.seed, round_index=1, cfg=cfg.generator.builtin
-    )
-    return replace(base, generator=tiny_generator(names), requests=tuple(requests))
 
 
 def test_optimised_requests_in_round_two_and_restored_on_resume(

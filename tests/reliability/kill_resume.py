@@ -7,7 +7,10 @@ parts: the scikit-learn digits (40 per class, 5-shot), a two-level built-in diff
 trained for a few steps (cached per test session, so only the first run trains it), 7
 images per class per round (70 a round: two pool appends of at most 64, so a kill can land
 between them), a top-k selection, 3 training epochs (a checkpoint each) and 2 rounds with
-feedback between them.
+feedback between them. The text variant (``udpo``) runs U-DPO on BBC News with the same
+shape: a two-layer Llama from config saved as a local model directory writes 15 texts per
+class a round (75: again two appends), the bundled MiniLM classifier scores them, and DPO
+trains a LoRA adapter on round 1's margin-ranked pairs before round 2.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import pandas as pd
 import torch
 import yaml
 from safetensors import safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generate"))
+from tiny_lm import tiny_llama
 
 from utilgen.faults import ENV as FAULT_ENV
 from utilgen.pool import verify_pool
@@ -76,14 +82,46 @@ FEEDBACK: dict[str, dict[str, Any]] = {
 }
 
 
+TEXT_PER_CLASS = 15  # three 2-shot prompts of five texts per class
+_TEXT: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": "bbc-news", "k_shot": 4, "max_per_class": 30},
+    "task": {"model": "minilm", "head": "linear", "epochs": EPOCHS, "max_length": 64},
+    "generator": {
+        "kind": "causal-lm",
+        "per_class": TEXT_PER_CLASS,
+        "lm": {"max_new_tokens": 8},
+        # the tiny model's word salad must survive the cleaning filters
+        "text_filters": {"min_words": 0, "drop_exact_duplicates": False, "copy_ngram": 0},
+    },
+    "valuation": {"scores": ["margin"]},
+    "feedback": {"components": ["dpo"], "pairs": {"score": "margin"}, "dpo": {"epochs": 1}},
+    "loop": {"rounds": 2},
+}
+
+
+def _tiny_lm_dir(directory: Path) -> Path:
+    """The tiny Llama and its tokenizer saved as a local model directory (once)."""
+    model_dir = directory / "tiny-llama"
+    if not (model_dir / "config.json").exists():
+        model, tokenizer = tiny_llama()
+        model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 def write_config(directory: Path, feedback: str, cache_dir: Path) -> Path:
-    """Write the tiny config with feedback ``feedback`` (a key of FEEDBACK) to
-    ``directory/<feedback>.yaml``; returns its path."""
-    config = json.loads(json.dumps(_BASE))  # a deep copy
+    """Write the tiny config with feedback ``feedback`` (a key of FEEDBACK, or ``udpo``
+    for the text variant) to ``directory/<feedback>.yaml``; returns its path."""
+    if feedback == "udpo":
+        config = json.loads(json.dumps(_TEXT))
+        config["generator"]["lm"]["model"] = str(_tiny_lm_dir(directory))
+    else:
+        config = json.loads(json.dumps(_BASE))  # a deep copy
+        config["generator"]["builtin"]["cache_dir"] = str(cache_dir)
+        config["feedback"] = FEEDBACK[feedback]
     config["name"] = f"kill-resume-{feedback}"
     config["strategy"] = f"kill-resume-{feedback}"
-    config["generator"]["builtin"]["cache_dir"] = str(cache_dir)
-    config["feedback"] = FEEDBACK[feedback]
     path = directory / f"{feedback}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path

@@ -57,6 +57,11 @@ CASES: list[tuple[str, str, str]] = [
     ("instance", "round.trained@2", "round 2 student trained, its metrics.json not written"),
     ("hard_samples", "generate.append@3", "round 2 img2img generation around hard digits"),
     ("hard_samples", "value.scored@2", "round 2 valuation of the hard-sample images"),
+    ("udpo", "generate.append", "round 1 text generation, after the first 64 of 75 texts"),
+    ("udpo", "feedback.pairs", "U-DPO: text preference pairs written, nothing trained"),
+    ("udpo", "feedback.trained", "U-DPO: LoRA adapter saved, result.json not written"),
+    ("udpo", "generate.append@3", "round 2 texts from the DPO-tuned LM, after 64 of 75"),
+    ("udpo", "round.trained@2", "round 2 classifier trained, its metrics.json not written"),
 ]
 
 

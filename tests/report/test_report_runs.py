@@ -6,30 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from fake_runs import fake_run
 
 from utilgen.errors import UtilgenError
 from utilgen.report.compare import compare_summaries
 from utilgen.report.html import build_report
 from utilgen.report.runs import collect_runs, expand_paths, read_run, representatives
-
-
-def fake_run(run_dir: Path, strategy: str, seed: int, dataset: str = "digits") -> Path:
-    """A run directory with a summary and the metrics of stage 1 and one round."""
-    summary = {
-        "dataset": dataset,
-        "strategy": strategy,
-        "seed": seed,
-        "accuracy": 0.5 + 0.1 * seed,
-        "worst_class_ratio": 0.25,
-        "n_train_synthetic": 10,
-    }
-    run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    for r in (0, 1):
-        (run_dir / "rounds" / f"{r:03d}").mkdir(parents=True)
-        metrics = {"round": r, "test": {"accuracy": 0.5}, "train_seconds": 1.5}
-        (run_dir / "rounds" / f"{r:03d}" / "metrics.json").write_text(json.dumps(metrics))
-    return run_dir
 
 
 def test_read_run_reads_every_round(tmp_path: Path) -> None:

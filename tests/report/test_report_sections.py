@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fake_runs import fake_run
 from PIL import Image as PILImage
 from scipy import stats
-from test_report_runs import fake_run
 
 from utilgen.pool import PoolStore, Sample, encode_text, utility_column
 from utilgen.report.compare import compare_summaries
