@@ -41,6 +41,7 @@ from utilgen.config.load import (
 )
 from utilgen.config.loop import LoopConfig
 from utilgen.config.run import RunConfig
+from utilgen.config.scale import RayConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig, TaskModelName
 from utilgen.config.text_generation import (
@@ -73,6 +74,7 @@ __all__ = [
     "NoiseOptimisationConfig",
     "PreferencePairConfig",
     "PromptAscentConfig",
+    "RayConfig",
     "RunConfig",
     "ScoreName",
     "Section",

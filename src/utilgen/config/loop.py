@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from utilgen.config.section import Section
 
 LoopMode = Literal["on-the-fly", "offline"]
+Backend = Literal["local", "ray"]
 
 
 class BudgetConfig(Section):
@@ -87,6 +88,12 @@ class LoopConfig(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    backend: Backend = Field(
+        "local",
+        description="Where generation runs: local (this process) or ray (Ray Data actors, "
+        "set up by the ray section; pip install \"utilgen[ray]\"). Same seeds give the same "
+        "samples on both.",
+    )
 
     @model_validator(mode="after")
     def _offline_fits(self) -> LoopConfig:

@@ -8,6 +8,7 @@ from utilgen.config.data import DataConfig
 from utilgen.config.feedback import FeedbackConfig
 from utilgen.config.generator import IMAGE_GENERATORS, GeneratorConfig
 from utilgen.config.loop import LoopConfig
+from utilgen.config.scale import RayConfig
 from utilgen.config.section import Section
 from utilgen.config.task import TaskConfig
 from utilgen.config.valuation import ValuationConfig
@@ -25,6 +26,7 @@ class RunConfig(Section):
     valuation: ValuationConfig = Field(default_factory=ValuationConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _rounds_match_generator(self) -> RunConfig:
