@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -362,6 +362,12 @@ def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
 
 
+def _fail(message: str) -> NoReturn:
+    """Print ``message`` as the one error line and exit with the user-error code."""
+    err_console.print(f"utilgen: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -374,8 +380,7 @@ def main(argv: list[str] | None = None) -> Any:
     except UtilgenError as err:
         if debug:
             raise
-        err_console.print(f"utilgen: error: {err}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(str(err))
     except typer.TyperException as err:
         if type(err).__name__ == "NoArgsIsHelpError":
             # `utilgen` or `utilgen pool` alone: the help text is the answer, not an error.
@@ -383,23 +388,12 @@ def main(argv: list[str] | None = None) -> Any:
             sys.exit(0)
         if debug:
             raise
-        err_console.print(
-            f"utilgen: error: {err.format_message()} (see `utilgen --help`)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(EXIT_USER_ERROR)
+        _fail(f"{err.format_message()} (see `utilgen --help`)")
     except OSError as err:
+        # A full disk is the user's to fix; any other OSError keeps its traceback.
         if debug or err.errno not in DISK_FULL_ERRNOS:
             raise
-        err_console.print(
-            f"utilgen: error: {disk_full_message(err)}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(EXIT_USER_ERROR)
+        _fail(disk_full_message(err))
     except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
