@@ -294,12 +294,18 @@ def compare_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Comparison directory.")] = Path(
         "runs/compare"
     ),
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs", "-j", min=1, help="Runs at once, each in its own process (default 1)."
+        ),
+    ] = 1,
 ) -> None:
     """Run each config over N seeds (resumable) and compare: mean, 95% CI, paired t-tests."""
     from utilgen.loop.compare import run_comparison, seed_configs
 
     cfgs = seed_configs(configs, seeds, set_ or [])  # validate all before any run
-    _, comparison = run_comparison(cfgs, out)
+    _, comparison = run_comparison(cfgs, out, jobs=jobs)
     from utilgen.report.compare import comparison_markdown
 
     out_console.print(comparison_markdown(comparison))
@@ -323,7 +329,8 @@ def demo_cmd(
 ) -> None:
     """Run real-only, static and every utility-guided strategy on the bundled datasets
     (digits, BBC News) over 3 seeds (--fast: 1), compare them and write the report."""
-    from utilgen.loop.demo import default_jobs, run_demo
+    from utilgen.loop.demo import run_demo
+    from utilgen.loop.parallel import default_jobs
     from utilgen.report.compare import comparison_markdown
     from utilgen.report.efficiency import ratio_table
 

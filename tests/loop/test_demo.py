@@ -77,11 +77,12 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
 
 
 def test_each_seeds_generator_is_one_job_the_digits_runs_wait_for(tmp_path: Path) -> None:
-    from utilgen.loop.demo import _demo_jobs
+    from utilgen.loop.demo import _planned
+    from utilgen.loop.parallel import run_jobs_for
 
     plan = demo_plan(fast=False)
     configs = [(e, s, demo_config(e, s)) for e in plan for s in e.seeds]
-    jobs = {j.key: j for j in _demo_jobs(tmp_path, configs)}
+    jobs = {j.key: j for j in run_jobs_for(_planned(tmp_path, configs), report=False)}
     generators = [k for k in jobs if k.startswith("generator:")]
     assert len(generators) == SEEDS  # one per seed, shared by every digits strategy
     for entry, seed, _ in configs:
@@ -97,5 +98,6 @@ def test_each_seeds_generator_is_one_job_the_digits_runs_wait_for(tmp_path: Path
             run_dir = run_dir_of(tmp_path, entry, seed)
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text("{}")
-    resumed = [j.key for j in _demo_jobs(tmp_path, configs) if j.key.startswith("generator:")]
+    again = run_jobs_for(_planned(tmp_path, configs), report=False)
+    resumed = [j.key for j in again if j.key.startswith("generator:")]
     assert len(resumed) == SEEDS - 1

@@ -102,3 +102,21 @@ def test_seeds_below_one_is_a_one_line_error(
     line = cli_error(["compare", "digits-real-only", "--seeds", "0", "--out", str(tmp_path / "c")])
     assert "--seeds" in line
     assert not (tmp_path / "c").exists()
+
+
+def test_jobs_run_in_worker_processes_with_the_same_results(tmp_path: Path) -> None:
+    sets = ["task.epochs=1", "data.k_shot=3", "data.max_per_class=20"]
+    summaries = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs-{jobs}"
+        args = ["compare", "digits-real-only", "--seeds", "2", "--out", str(out)]
+        args += ["--jobs", str(jobs), *[x for s in sets for x in ("--set", s)]]
+        with pytest.raises(SystemExit) as done:
+            main(["--quiet", *args])
+        assert done.value.code == 0
+        comparison = json.loads((out / "comparison.json").read_text())
+        summaries[jobs] = comparison["groups"][0]["accuracy"]["values"]
+        # every run wrote its own report in its worker
+        run_dirs = [out / "digits-real-only" / f"seed-{s}" for s in (0, 1)]
+        assert all((run_dir / "report.html").exists() for run_dir in run_dirs)
+    assert summaries[1] == summaries[2]

@@ -15,7 +15,8 @@ from typing import Any
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import ConfigError
-from utilgen.loop.run import RunResult, run
+from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
+from utilgen.loop.run import RunResult
 from utilgen.report.compare import compare_summaries, write_comparison
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,17 @@ def seed_configs(
 
 
 def run_comparison(
-    configs: Sequence[RunConfig], out: str | Path
+    configs: Sequence[RunConfig], out: str | Path, jobs: int = 1
 ) -> tuple[list[RunResult], dict[str, Any]]:
-    """Run (or resume) every config into ``out/<name>/seed-<seed>/``, then compare them and
-    write ``out/comparison.json`` and ``out/comparison.md``."""
+    """Run (or resume) every config into ``out/<name>/seed-<seed>/`` (``jobs`` runs at a time
+    in worker processes, :mod:`utilgen.loop.parallel`), then compare them and write
+    ``out/comparison.json`` and ``out/comparison.md``."""
     out = Path(out)
-    results = []
-    for cfg in configs:
-        log.info("compare: %s, seed %d", cfg.name, cfg.seed)
-        results.append(run(cfg, out / cfg.name / f"seed-{cfg.seed}"))
+    planned = [PlannedRun(cfg, out / cfg.name / f"seed-{cfg.seed}") for cfg in configs]
+    log.info("compare: %d run(s), %d at a time", len(planned), jobs)
+    with WorkerPool(jobs) as pool:
+        summaries = pool.run(run_jobs_for(planned, report=True))
+    results = [RunResult(p.run_dir, summaries[run_key(p.run_dir)]) for p in planned]
     comparison = compare_summaries([r.summary for r in results])
     write_comparison(out, comparison)
     return results, comparison

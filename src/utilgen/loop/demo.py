@@ -16,25 +16,20 @@ rest.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import multiprocessing
-import os
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from utilgen.config import RunConfig, load_config, preset_path
 from utilgen.loop.efficiency import efficiency_curve
-from utilgen.loop.run import RunResult, prepare, run
-from utilgen.loop.schedule import Job, results_in_order, run_jobs
+from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
+from utilgen.loop.run import RunResult
+from utilgen.loop.schedule import Job, results_in_order
 from utilgen.report.compare import BASELINES, compare_summaries, write_comparison
 from utilgen.report.efficiency import compare_to_static
 from utilgen.report.html import build_report
-from utilgen.report.runs import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +165,7 @@ def _best_guided(comparison: dict[str, Any], dataset: str) -> str | None:
 
 
 def _efficiency(
-    out: Path, plan: Sequence[DemoEntry], comparison: dict[str, Any], pool: _Pool
+    out: Path, plan: Sequence[DemoEntry], comparison: dict[str, Any], pool: WorkerPool
 ) -> list[dict[str, Any]]:
     """Efficiency curves of static and the best utility-guided strategy per dataset, then
     the ratio of samples each needs to reach static's final accuracy."""
@@ -208,93 +203,18 @@ _COST: dict[tuple[str, str], float] = {
     ("bbc-news", "udpo"): 225,
 }
 _DEFAULT_COST = 60.0
-# Pretraining and adapting the built-in generator of one seed (demo settings, one thread).
-_GENERATOR_COST = 150.0
 _EFFICIENCY_COST = 15.0
 
 
-def _generator_job_key(config: RunConfig) -> str | None:
-    """One key per built-in generator the runs will train: every run of a dataset and seed
-    shares it (same data, split, generator settings and seed), so it is trained once as a
-    job of its own, which the runs wait for, instead of inside whichever run gets to it first
-    while the others block on its cache lock."""
-    if config.generator.kind != "builtin-diffusion":
-        return None
-    inputs = {
-        "data": config.data.model_dump(mode="json"),
-        "builtin": config.generator.builtin.training_fields(),
-        "seed": config.seed,
-    }
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
-    return f"generator:{digest}"
-
-
-def _prepare_generator(config: RunConfig) -> None:
-    """Train (or find cached) the built-in generator ``config`` uses; writes no run."""
-    prepare(config)
-
-
-def _in_worker(threads: int) -> None:
-    """Set-up of a demo worker process: its share of the cores, no progress bars."""
-    import torch
-
-    from utilgen.progress import set_quiet
-
-    torch.set_num_threads(threads)
-    set_quiet(True)
-
-
-def _run_summary(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    return run(config, run_dir, report=False).summary
-
-
-class _Pool:
-    """Runs jobs in this process (``jobs=1``) or in ``jobs`` worker processes, each with
-    its share of the cores; results come back in submission order."""
-
-    def __init__(self, jobs: int) -> None:
-        self.jobs = jobs
-        self._executor: Executor | None = None
-        if jobs > 1:
-            threads = max(1, (os.cpu_count() or jobs) // jobs)
-            self._executor = ProcessPoolExecutor(
-                max_workers=jobs,
-                # spawn: a forked worker would inherit torch's thread pool and locks
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_in_worker,
-                initargs=(threads,),
-            )
-
-    def run(self, jobs: Sequence[Job]) -> dict[str, Any]:
-        """Every job's result by key (:func:`~utilgen.loop.schedule.run_jobs`)."""
-        return run_jobs(jobs, self._executor, self.jobs)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-
-
-def default_jobs() -> int:
-    """Runs at once: one per core, at most 2 (each run's small models use a core well)."""
-    return max(1, min(2, os.cpu_count() or 1))
-
-
-def _demo_jobs(out: Path, configs: Sequence[tuple[DemoEntry, int, RunConfig]]) -> list[Job]:
-    """A job per run, keyed ``run:<run dir>``, plus a job per built-in generator that the
-    unfinished runs using it wait for (a resumed demo does not retrain the generator of
-    runs that are done)."""
-    generators: dict[str, Job] = {}
-    runs = []
-    for entry, seed, config in configs:
-        after: tuple[str, ...] = ()
-        finished = (run_dir_of(out, entry, seed) / SUMMARY_FILE).is_file()
-        if not finished and (key := _generator_job_key(config)) is not None:
-            generators.setdefault(key, Job(key, _prepare_generator, (config,), _GENERATOR_COST))
-            after = (key,)
-        cost = _COST.get((entry.dataset, entry.strategy), _DEFAULT_COST)
-        run_dir = run_dir_of(out, entry, seed)
-        runs.append(Job(f"run:{run_dir}", _run_summary, (config, run_dir), cost, after))
-    return [*generators.values(), *runs]
+def _planned(out: Path, configs: Sequence[tuple[DemoEntry, int, RunConfig]]) -> list[PlannedRun]:
+    return [
+        PlannedRun(
+            config,
+            run_dir_of(out, entry, seed),
+            _COST.get((entry.dataset, entry.strategy), _DEFAULT_COST),
+        )
+        for entry, seed, config in configs
+    ]
 
 
 def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1) -> DemoResult:
@@ -304,17 +224,13 @@ def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1
     out = Path(out)
     plan = demo_plan(fast)
     configs = [(entry, seed, demo_config(entry, seed)) for entry in plan for seed in entry.seeds]
-    pool = _Pool(jobs)
-    try:
-        results_by_key = pool.run(_demo_jobs(out, configs))
-        results = [
-            RunResult(run_dir, results_by_key[f"run:{run_dir}"])
-            for run_dir in (run_dir_of(out, entry, seed) for entry, seed, _ in configs)
-        ]
+    planned = _planned(out, configs)
+    # The demo reports over all its runs at the end, not run by run.
+    with WorkerPool(jobs) as pool:
+        results_by_key = pool.run(run_jobs_for(planned, report=False))
+        results = [RunResult(p.run_dir, results_by_key[run_key(p.run_dir)]) for p in planned]
         comparison = compare_summaries([r.summary for r in results])
         efficiency = _efficiency(out, plan, comparison, pool)
-    finally:
-        pool.close()
     comparison["sample_efficiency"] = efficiency
     write_comparison(out, comparison)
     html, _ = build_report([r.run_dir for r in results], out, comparison)
