@@ -98,13 +98,25 @@ def run_cmd(
             help="Write RUN/report.html (figures and a t-SNE: seconds to a minute).",
         ),
     ] = True,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Repair a damaged run directory before resuming (see `utilgen pool verify`): "
+            "real samples are restored from the dataset, other damaged samples dropped "
+            "(synthetic ones of finished rounds are not regenerated), steps whose checkpoints "
+            "are damaged run again, an unreadable manifest is set aside and the rounds rerun; "
+            "logged in RUN/repair.json.",
+        ),
+    ] = False,
 ) -> None:
-    """Run (or resume) a config into a run directory and print its results."""
+    """Run (or resume) a config into a run directory and print its results. A damaged run
+    directory is refused unless --repair is given."""
     cfg = _resolve_config(config, set_)  # validate before the heavy imports
     from utilgen.loop.run import run
     from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
-    result = run(cfg, out or Path("runs") / cfg.name, report=report)
+    result = run(cfg, out or Path("runs") / cfg.name, report=report, repair=repair)
     summary = RunSummary(result.run_dir, result.summary)
     fidelity = fidelity_rich_table(summary)
     if fidelity is not None:
@@ -170,9 +182,16 @@ def pool_show(
     out_console.print(frame[columns].head(limit).to_string(index=False))
 
 
-@pool_app.command("verify", epilog="Example:\n\n  utilgen pool verify runs/digits")
+@pool_app.command(
+    "verify",
+    epilog="Examples:\n\n  utilgen pool verify runs/digits\n\n"
+    "  utilgen run digits-static --out runs/digits --repair   (repairs, then resumes)",
+)
 def pool_verify(run_dir: RunArg) -> None:
-    """Re-hash every blob; exit 0 when the pool is intact, 1 when something is damaged."""
+    """Re-hash every blob, check the manifest against them and open every checkpoint a
+    finished round names; exit 0 when intact, 1 when damaged. Verifying only reads: repair
+    with `utilgen run CONFIG --out RUN --repair`, which needs the run's config and data to
+    restore real samples and redo damaged steps."""
     from utilgen.pool import verify_pool
 
     report = verify_pool(run_dir)

@@ -53,6 +53,7 @@ from utilgen.loop.stopping import (
 )
 from utilgen.loop.training_set import ratio_caps
 from utilgen.pool import PoolStore, Sample, samples_from_labelled
+from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.report.html import build_run_html
@@ -387,11 +388,14 @@ def run(
     prepared: Prepared | None = None,
     *,
     report: bool = True,
+    repair: bool = False,
 ) -> RunResult:
     """Run (or resume) ``config`` in ``run_dir``; returns the final summary.
 
     ``report=False`` skips ``report.html`` (figures and a t-SNE: seconds per run), for
-    callers that report over many runs at once, as the demo does.
+    callers that report over many runs at once, as the demo does. A damaged run directory
+    (``utilgen pool verify``) is refused, or with ``repair`` repaired first
+    (:mod:`utilgen.pool.repair`).
 
     Steps, each skipped when its output exists:
     1. check inputs (data, splits, task model) — nothing is written if this fails
@@ -406,6 +410,7 @@ def run(
     # 1. check inputs
     prepared = prepared or prepare(config)
     _check_same_config(run_dir, config)
+    check_run_dir(run_dir, prepared.splits, repair=repair)
 
     # 2. lock the run directory and write the resolved config
     with PoolStore.open(run_dir, writable=True) as store:
