@@ -36,8 +36,8 @@ _LISTED = 5  # ids named per problem in describe(); the report itself holds all 
 
 ROUNDS_DIR = "rounds"
 _ROUND_NAME = re.compile(r"^\d{3}$")
-# The last 12 bytes of every PNG: the empty IEND chunk's length, type and CRC.
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Every PNG ends with an empty IEND chunk: 4 length bytes, the type, 4 CRC bytes.
+_IEND = b"IEND"
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -48,10 +48,12 @@ def checkpoint_name(epoch: int) -> str:
 
 
 def looks_truncated(data: bytes) -> bool:
-    """Whether blob bytes that fail their hash lost their end: an empty file, or a PNG
-    without its closing IEND chunk. A cut text blob cannot be told from an edited one and
-    counts as changed."""
-    return not data or (data.startswith(PNG_SIGNATURE) and not data.endswith(_PNG_END))
+    """Whether blob bytes that fail their hash lost their end: an empty file, or a PNG whose
+    closing IEND chunk is not where it ends (a changed CRC byte still reads as changed). A
+    cut text blob cannot be told from an edited one and counts as changed."""
+    if not data:
+        return True
+    return data.startswith(PNG_SIGNATURE) and data[-8:-4] != _IEND
 
 
 def round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
