@@ -22,6 +22,7 @@ from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
 from utilgen.loop.training_set import build_training_set
 from utilgen.pool import PoolStore, Sample
+from utilgen.scale import on_backend
 from utilgen.task import TaskModel, evaluate, train, train_val_gap
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
 from utilgen.task.fidelity import LabelFidelity, label_fidelity
@@ -60,7 +61,11 @@ def generate_into_pool(
     store: PoolStore,
     round_index: int,
 ) -> int:
-    """Generate ``requests`` the pool lacks and append their samples; returns how many."""
+    """Generate ``requests`` the pool lacks and append their samples; returns how many.
+
+    ``generator`` is the round's generator as :func:`~utilgen.scale.on_backend` returns it:
+    on ``loop.backend=ray`` its samples are made by Ray actors and stream back here, so this
+    process stays the pool's only writer on both backends."""
     todo = missing_requests(requests, store, round_index)
     if not todo:
         return 0
@@ -168,7 +173,8 @@ def run_generation_round(
 
     # 1. generate what the pool lacks (offline: import the pre-generated samples)
     if inputs.generator is not None:
-        generate_into_pool(inputs.generator, inputs.requests, store, round_index)
+        generator = on_backend(inputs.generator, cfg)
+        generate_into_pool(generator, inputs.requests, store, round_index)
         generator_name = inputs.generator.name
     else:
         store.append(inputs.imported)

@@ -1,0 +1,69 @@
+"""The generator the loop runs a round with: the round's own, or the same one on Ray.
+
+:class:`RayGenerator` is a :class:`~utilgen.generate.base.Generator` whose ``generate``
+hands the requests to a :class:`RayExecutor`; the loop appends what it yields exactly as
+it appends a local generator's samples, so the pool's single writer, batching of appends
+and resume logic are the same on both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from utilgen.config import RunConfig
+from utilgen.config.scale import RayConfig
+from utilgen.data.labelled import Modality
+from utilgen.generate import GenerationRequest, Generator
+from utilgen.pool import Sample
+from utilgen.scale.cluster import connect, import_ray
+
+
+class RayGenerator:
+    """``generator`` run by a pool of Ray actors (``loop.backend=ray``).
+
+    Same ``name`` and ``modality`` as ``generator``, and the same samples: the executor
+    batches each request as the local generator would. Ray is joined on the first
+    ``generate`` call (a resumed round with nothing left to make never starts it).
+    """
+
+    def __init__(self, generator: Generator, cfg: RayConfig) -> None:
+        self.inner = generator
+        self.cfg = cfg
+        self.modality: Modality = generator.modality
+        self.name = generator.name
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        round_index: int = 1,
+        progress: bool = True,
+    ) -> Iterator[Sample]:
+        """``inner.generate(requests)``'s samples, in request order, made on Ray."""
+        from utilgen.scale.executor import RayExecutor
+
+        del progress  # Ray Data shows its own progress, unless --quiet
+        return RayExecutor(self.cfg).generate(self.inner, requests, round_index)
+
+
+def on_backend(generator: Generator, cfg: RunConfig) -> Generator:
+    """``generator`` as the round should run it: itself for ``loop.backend=local``, wrapped
+    in a :class:`RayGenerator` for ``loop.backend=ray``."""
+    if cfg.loop.backend == "ray":
+        return RayGenerator(generator, cfg.ray)
+    return generator
+
+
+def check_backend(cfg: RunConfig) -> None:
+    """Fail fast on a Ray backend that cannot run: Ray not installed, or ``ray.address``
+    unreachable. Call before the run writes anything; a no-op for ``loop.backend=local``.
+
+    Raises:
+        RayBackendError: the one-line reason and its fix.
+    """
+    if cfg.loop.backend != "ray":
+        return
+    import_ray()
+    if cfg.ray.address is not None:
+        # The session stays open: the rounds' executors reuse it.
+        connect(cfg.ray)
