@@ -91,7 +91,7 @@ class LoopConfig(Section):
     backend: Backend = Field(
         "local",
         description="Where generation runs: local (this process) or ray (Ray Data actors, "
-        "set up by the ray section; pip install \"utilgen[ray]\"). Same seeds give the same "
+        'set up by the ray section; pip install "utilgen[ray]"). Same seeds give the same '
         "samples on both.",
     )
 
