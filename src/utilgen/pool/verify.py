@@ -192,8 +192,8 @@ class VerifyReport:
         ]
         if self.manifest_error is not None:
             lines.append(f"manifest unreadable: {self.manifest_error}")
-            # Without rows the blob files are all there is to name.
-            lines.append(_listed("corrupt blob files", self.corrupt_blobs))
+        # By hash, the files to look at (without rows, all there is to name).
+        lines.append(_listed("corrupt blob files", self.corrupt_blobs))
         for what, items in self._itemised():
             lines.append(_listed(what, items))
         if not self.ok:
