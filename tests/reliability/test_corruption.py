@@ -28,9 +28,9 @@ from kill_resume import differences
 
 from utilgen.cli import main
 from utilgen.config import RunConfig, resolve_config
-from utilgen.errors import PoolError
+from utilgen.errors import PoolError, RunLockedError
 from utilgen.loop.run import run
-from utilgen.pool import verify_pool
+from utilgen.pool import RunLock, verify_pool
 from utilgen.pool.layout import blob_path, manifest_path
 from utilgen.pool.repair import REPAIR_RECORD, check_run_dir
 from utilgen.progress import set_quiet
@@ -185,31 +185,42 @@ def test_repeated_rows_are_dropped_keeping_the_first(reference: Path, run_dir: P
 # -- the manifest ----------------------------------------------------------------------------
 
 
-def _truncate(data: bytes) -> bytes:
-    return data[: len(data) // 3]
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
-def _garble(data: bytes) -> bytes:
+def _garble(path: Path) -> None:
+    data = path.read_bytes()
     middle = len(data) // 2
-    return data[:middle] + bytes(range(200)) + data[middle + 200 :]
+    path.write_bytes(data[:middle] + bytes(range(200)) + data[middle + 200 :])
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garble], ids=["truncated", "garbled"])
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate, _garble, _delete], ids=["truncated", "garbled", "deleted"]
+)
 def test_an_unreadable_manifest_is_set_aside_and_the_pool_rebuilt(
-    reference: Path, run_dir: Path, damage: Callable[[bytes], bytes]
+    reference: Path, run_dir: Path, damage: Callable[[Path], None]
 ) -> None:
+    # (deleted: also what a repair killed right after setting the manifest aside leaves)
     path = manifest_path(run_dir)
-    damaged = damage(path.read_bytes())
-    path.write_bytes(damaged)
+    damage(path)
+    damaged = path.read_bytes() if path.exists() else None
 
     assert not verify_pool(run_dir).manifest_readable
     assert "(unreadable manifest)" in _refusal(run_dir)
     done = _repaired(run_dir)
-    assert done["manifest_set_aside"] == str(path) + ".damaged"
     assert done["rerun_rounds"] == [1]  # the manifest was the only record of its samples
-    set_aside = Path(done["manifest_set_aside"])
-    assert set_aside.read_bytes() == damaged
-    set_aside.unlink()
+    if damaged is None:
+        assert done["manifest_set_aside"] is None
+    else:
+        set_aside = Path(done["manifest_set_aside"])
+        assert set_aside == path.with_name("manifest.parquet.damaged")
+        assert set_aside.read_bytes() == damaged
+        set_aside.unlink()
     # real samples appended again, round 1 regenerated, valued and trained: the same run
     assert differences(reference, run_dir) == []
 
@@ -218,10 +229,6 @@ def test_an_unreadable_manifest_is_set_aside_and_the_pool_rebuilt(
 
 STAGE1_CKPT = "rounds/000/checkpoints/epoch-001.safetensors"
 ROUND1_CKPT = "rounds/001/checkpoints/epoch-002.safetensors"
-
-
-def _delete(path: Path) -> None:
-    path.unlink()
 
 
 def _cut(path: Path) -> None:
@@ -262,6 +269,16 @@ def test_a_damaged_checkpoint_makes_its_step_run_again(
     assert done["deleted_checkpoints"] == ([relative] if field == "corrupt_checkpoints" else [])
     # retrained on one thread from the same seed: the same tensors, the same metrics
     assert differences(reference, run_dir) == []
+
+
+def test_the_check_waits_for_no_writer(run_dir: Path) -> None:
+    # a writer appending while the check hashes would look like missing blobs: the check
+    # takes the run lock, so a second process gets the lock error, not a false alarm
+    blob_path(run_dir, str(_manifest(run_dir)["blob"].iloc[0])).unlink()
+    with RunLock(run_dir), pytest.raises(RunLockedError, match="locked"):
+        check_run_dir(run_dir, None, repair=False)
+    assert check_run_dir(run_dir.parent / "fresh", None, repair=False) is None
+    assert not (run_dir.parent / "fresh").exists()  # nothing written for a new run
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Refuse to resume a damaged run directory, or repair it: ``utilgen run ... --repair``.
 
-``utilgen run`` calls :func:`check_run_dir` before it touches a run directory it resumes.
-Without ``repair`` any damage :func:`~utilgen.pool.verify.verify_pool` finds stops the run
-with one line that names it and points to ``utilgen pool verify`` and ``--repair``. With
-``repair`` it takes the run lock and fixes what it can without losing anything healthy,
-then the run resumes as after a crash:
+``utilgen run`` calls :func:`check_run_dir` before it touches a run directory it resumes:
+under the run lock, :func:`~utilgen.pool.verify.verify_pool` re-hashes every blob and opens
+every checkpoint of a finished round (cheap: 0.1 s for a digits run's 728 blobs, 0.2-0.4 s
+for 5,000 small PNGs). Without ``repair`` any damage stops the run with one line that names
+it and points to ``utilgen pool verify`` and ``--repair``. With ``repair`` it fixes what it
+can without losing anything healthy, then the run resumes as after a crash. A repair
+killed half-way is finished by the next one (every step is atomic or idempotent).
 
 * a damaged blob of a real sample (missing, changed, truncated) is written again from the
   dataset when its re-encoded item hashes to the blob's name; the row stays as it was,
@@ -144,21 +146,22 @@ def check_run_dir(
     run_dir: str | os.PathLike[str], splits: Splits | None, *, repair: bool
 ) -> Repair | None:
     """Before a run resumes in ``run_dir``: raise PoolError if it is damaged, or with
-    ``repair`` repair it (under the run lock). Returns the repair made, None if nothing
-    was damaged (or ``run_dir`` holds no run yet). ``splits``, the run's data, lets real
-    samples be restored in place; without them they are dropped."""
+    ``repair`` repair it. Returns the repair made, None if nothing was damaged (or
+    ``run_dir`` holds no run yet). ``splits``, the run's data, lets real samples be
+    restored in place; without them they are dropped.
+
+    The check holds the run lock (RunLockedError if another process writes the run): a
+    writer appending meanwhile would show blobs the manifest names before they were hashed.
+    """
     run_dir = Path(run_dir)
     if not run_started(run_dir):
         return None
-    if not repair:
-        report = verify_pool(run_dir)
-        if not report.ok:
-            raise PoolError(refusal_message(report))
-        return None
     with RunLock(run_dir):
-        report = verify_pool(run_dir)  # again: under the lock nobody else changes it
+        report = verify_pool(run_dir)
         if report.ok:
             return None
+        if not repair:
+            raise PoolError(refusal_message(report))
         done = repair_run(report, splits)
     for line in done.describe():
         log.warning("repair of %s: %s", run_dir, line)
@@ -190,10 +193,12 @@ def repair_run(report: VerifyReport, splits: Splits | None) -> Repair:
         path.with_suffix(".json").unlink(missing_ok=True)  # its sidecar
         rerun.add(round_of(relative))
     rerun.update(round_of(relative) for relative in report.unreadable_metrics)
-    for index in rerun:
-        (run_dir / "rounds" / f"{index:03d}" / "metrics.json").unlink(missing_ok=True)
     if rerun:
-        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is unfinished again
+        # first: a summary must never outlive a round it summarises
+        (run_dir / "summary.json").unlink(missing_ok=True)
+    folders = dict(round_dirs(run_dir))
+    for index in rerun:
+        (folders[index] / "metrics.json").unlink(missing_ok=True)
 
     kept_finished = finished - rerun
     done = replace(
