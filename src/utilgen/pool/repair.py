@@ -2,11 +2,11 @@
 
 ``utilgen run`` calls :func:`check_run_dir` before it touches a run directory it resumes:
 under the run lock, :func:`~utilgen.pool.verify.verify_pool` re-hashes every blob and opens
-every checkpoint of a finished round (cheap: 0.1 s for a digits run's 728 blobs, 0.2-0.4 s
-for 5,000 small PNGs). Without ``repair`` any damage stops the run with one line that names
-it and points to ``utilgen pool verify`` and ``--repair``. With ``repair`` it fixes what it
-can without losing anything healthy, then the run resumes as after a crash. A repair
-killed half-way is finished by the next one (every step is atomic or idempotent).
+every checkpoint of a finished round (cheap: see :mod:`utilgen.pool.verify`). Without
+``repair`` any damage stops the run with one line that names it and points to ``utilgen
+pool verify`` and ``--repair``. With ``repair`` it fixes what it can without losing anything
+healthy, then the run resumes as after a crash. A repair killed half-way is finished by
+the next one (every step is atomic or idempotent):
 
 * a damaged blob of a real sample (missing, changed, truncated) is written again from the
   dataset when its re-encoded item hashes to the blob's name; the row stays as it was,
