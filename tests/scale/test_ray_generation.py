@@ -8,7 +8,8 @@ workers import torch and utilgen (seconds each on a busy machine), hence ``slow`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from utilgen.config import RayConfig, TextFilterConfig
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.loop.generation_round import generate_into_pool
-from utilgen.pool import COLUMNS, PoolStore
+from utilgen.pool import COLUMNS, PoolStore, Sample
 from utilgen.scale import RayExecutor, RayGenerator
 from utilgen.scale.actors import KILL_ONCE_ENV
 
@@ -118,3 +119,47 @@ def test_executor_reports_its_cluster_and_streams_in_request_order() -> None:
     import ray
 
     assert ray.is_initialized()
+
+
+def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``utilgen run --set loop.backend=ray``: the same pool (every manifest column, scores
+    included) and the same metrics as the local backend."""
+    from cli_helpers import TINY_BUILTIN, sets, utilgen
+
+    monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
+    on_ray: list[int] = []
+    real_generate = RayExecutor.generate
+
+    def counted(
+        self: RayExecutor,
+        generator: Generator,
+        requests: Sequence[GenerationRequest],
+        round_index: int,
+    ) -> Iterator[Sample]:
+        on_ray.append(len(requests))
+        return real_generate(self, generator, requests, round_index)
+
+    monkeypatch.setattr(RayExecutor, "generate", counted)
+    settings = ["task.epochs=1", "data.k_shot=5", "data.max_per_class=20", "generator.per_class=5"]
+    runs = {}
+    for backend in ("local", "ray"):
+        run = tmp_path / backend
+        overrides = [*settings, *TINY_BUILTIN, f"loop.backend={backend}", "ray.batch_size=8"]
+        assert utilgen("run", "digits-static", "--out", str(run), *sets(overrides)) == 0
+        with PoolStore.open(run) as store:
+            runs[backend] = store.manifest()
+        assert (run / "rounds" / "001" / "metrics.json").is_file()
+        assert on_ray == ([] if backend == "local" else [50])  # the round ran on Ray
+    assert (runs["local"]["source"] == "synthetic").sum() == 50
+    pd.testing.assert_frame_equal(runs["ray"], runs["local"])
+    local_metrics, ray_metrics = (
+        (tmp_path / b / "rounds" / "001" / "metrics.json").read_text() for b in ("local", "ray")
+    )
+    assert _accuracies(ray_metrics) == _accuracies(local_metrics)
+
+
+def _accuracies(metrics_json: str) -> tuple[float, float]:
+    metrics = json.loads(metrics_json)
+    return metrics["val_accuracy"], metrics["test"]["accuracy"]
