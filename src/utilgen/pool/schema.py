@@ -127,9 +127,10 @@ def with_extra_columns(rows: pa.Table, like: pa.Table) -> pa.Table:
 
 
 def table_to_bytes(table: pa.Table) -> bytes:
-    """The Parquet encoding of ``table`` (written atomically by the caller)."""
+    """The Parquet encoding of ``table`` (written atomically by the caller), with a CRC per
+    data page: a flipped bit in the rows then fails the read instead of changing a value."""
     sink = io.BytesIO()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, write_page_checksum=True)
     return sink.getvalue()
 
 
@@ -142,7 +143,8 @@ def read_manifest(run_dir: Path) -> pa.Table:
     source = manifest_path(run_dir)
     data = source.read_bytes()
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # Pages written without a CRC (manifests of older runs) are read unchecked.
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (pa.ArrowException, OSError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise PoolError(
