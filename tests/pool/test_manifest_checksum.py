@@ -32,8 +32,9 @@ def _silent_flips(data: bytes, original: pa.Table, verify: bool) -> tuple[int, i
         flipped = bytearray(data)
         flipped[pos] ^= 0x10
         try:
-            table = pq.read_table(pa.BufferReader(bytes(flipped)), page_checksum_verification=verify)
-        except Exception:
+            reader = pa.BufferReader(bytes(flipped))
+            table = pq.read_table(reader, page_checksum_verification=verify)
+        except Exception:  # any read error: the flip was detected
             continue
         silent += not table.equals(original)
     return silent, len(positions)
