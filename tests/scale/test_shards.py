@@ -16,6 +16,7 @@ from utilgen.generate import GenerationRequest
 from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.scale import local_batch_starts, plan_shards
+from utilgen.scale.valuation import slice_bounds
 
 NAMES = ("zero", "one", "two")
 
@@ -139,3 +140,18 @@ def test_sharded_lm_generation_equals_one_call() -> None:
     # and 5 start on.
     assert [len(s) for s in shards] == [2, 1, 2, 1]
     assert [(s.id, s.payload) for s in parts] == [(s.id, s.payload) for s in whole]
+
+
+@pytest.mark.parametrize(
+    ("n", "eval_batch", "rows", "expected"),
+    [
+        (90, 16, 20, [(0, 32), (32, 64), (64, 90)]),  # 20 rounds up to two batches of 16
+        (10, 16, 20, [(0, 10)]),
+        (64, 16, 16, [(0, 16), (16, 32), (32, 48), (48, 64)]),
+        (0, 16, 16, []),
+    ],
+)
+def test_valuation_slices_are_whole_eval_batches(
+    n: int, eval_batch: int, rows: int, expected: list[tuple[int, int]]
+) -> None:
+    assert slice_bounds(n, eval_batch, rows) == expected

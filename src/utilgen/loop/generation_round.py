@@ -22,7 +22,7 @@ from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
 from utilgen.loop.training_set import build_training_set
 from utilgen.pool import PoolStore, Sample
-from utilgen.scale import on_backend
+from utilgen.scale import on_backend, scorer_on_backend
 from utilgen.task import TaskModel, evaluate, train, train_val_gap
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
 from utilgen.task.fidelity import LabelFidelity, label_fidelity
@@ -124,7 +124,6 @@ def value_and_select(
         apply_selection,
         build_selector,
         record_scores,
-        score_samples,
         scored_samples,
         selection_candidates,
     )
@@ -133,7 +132,8 @@ def value_and_select(
     candidates = selection_candidates(store, round_index, splits.train.class_names)
     if not len(candidates):
         return
-    frame = score_samples(
+    # loop.backend=ray: the forward passes run on the actor pool, with the same scores.
+    frame = scorer_on_backend(cfg)(
         cfg.valuation,
         judge,
         candidates,

@@ -6,7 +6,7 @@ to the driver, the only writer of the pool, equal to what the local backend woul
 Ray itself is imported only when an executor is built, so this package imports without it.
 """
 
-from utilgen.scale.backend import RayGenerator, check_backend, on_backend
+from utilgen.scale.backend import RayGenerator, check_backend, on_backend, scorer_on_backend
 from utilgen.scale.cluster import INSTALL_HINT, ClusterInfo, RayBackendError, probe
 from utilgen.scale.executor import RayExecutor
 from utilgen.scale.shards import local_batch_starts, plan_shards
@@ -22,4 +22,5 @@ __all__ = [
     "on_backend",
     "plan_shards",
     "probe",
+    "scorer_on_backend",
 ]

@@ -63,7 +63,7 @@ def move_generator(generator: Any, device: torch.device) -> None:
         generator.device = device
 
 
-def _resolved(value: Any) -> Any:
+def resolved(value: Any) -> Any:
     """``value``, fetched from the object store when it is an ObjectRef."""
     import ray
 
@@ -109,10 +109,10 @@ class GenerateShards:
 
         torch.set_num_threads(threads)
         set_quiet(True)  # bars from many actors would interleave in the driver's log
-        self.generator: Generator = _resolved(generator)
+        self.generator: Generator = resolved(generator)
         if device != "cpu":
             move_generator(self.generator, torch.device(device))
-        self.shards: list[list[GenerationRequest]] = _resolved(shards)
+        self.shards: list[list[GenerationRequest]] = resolved(shards)
         self.round_index = round_index
         self.kill_marker = kill_marker
         if kill_marker:

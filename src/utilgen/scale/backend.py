@@ -8,7 +8,10 @@ and resume logic are the same on both backends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+
+import pandas as pd
 
 from utilgen.config import RunConfig
 from utilgen.config.scale import RayConfig
@@ -52,6 +55,20 @@ def on_backend(generator: Generator, cfg: RunConfig) -> Generator:
     if cfg.loop.backend == "ray":
         return RayGenerator(generator, cfg.ray)
     return generator
+
+
+def scorer_on_backend(cfg: RunConfig) -> Callable[..., pd.DataFrame]:
+    """:func:`~utilgen.value.score_samples` for ``loop.backend=local``; for ``ray``, the
+    same function with its forward passes on the actor pool
+    (:func:`~utilgen.scale.valuation.score_samples_on_ray`), which gives the same scores."""
+    if cfg.loop.backend == "ray":
+        from utilgen.scale.executor import RayExecutor
+        from utilgen.scale.valuation import score_samples_on_ray
+
+        return partial(score_samples_on_ray, RayExecutor(cfg.ray))
+    from utilgen.value import score_samples
+
+    return score_samples
 
 
 def check_backend(cfg: RunConfig) -> None:

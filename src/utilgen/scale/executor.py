@@ -21,7 +21,8 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from utilgen.config.scale import RayConfig
 from utilgen.errors import UtilgenError
@@ -30,6 +31,9 @@ from utilgen.pool import Sample
 from utilgen.scale.actors import KILL_ONCE_ENV, GenerateShards, rows_to_samples
 from utilgen.scale.cluster import ClusterInfo, RayBackendError, connect, import_ray
 from utilgen.scale.shards import plan_shards
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,65 @@ class RayExecutor:
         if self.cluster.started_here:
             import_ray().shutdown()
 
+    @property
+    def actor_device(self) -> str:
+        """Where the actors run their model: "cuda" when they hold GPUs, else "cpu"."""
+        return "cuda" if self.cfg.num_gpus_per_actor else "cpu"
+
+    def check_device(self, device: str, what: str) -> None:
+        """RayBackendError when ``what`` (on ``device``) is on a GPU but the actors have none:
+        they could not even load it."""
+        if device.startswith("cuda") and self.actor_device == "cpu":
+            raise RayBackendError(
+                f"the {what} is on a GPU (loop.device) but ray.num_gpus_per_actor=0 gives "
+                "the actors none: set ray.num_gpus_per_actor=1 or loop.device=cpu"
+            )
+
+    def map_actors(
+        self,
+        rows: list[dict[str, Any]],
+        udf: type,
+        constructor_args: tuple[Any, ...],
+        constructor_kwargs: dict[str, Any],
+    ) -> Dataset:
+        """The dataset of ``rows`` mapped one row per call by a pool of ``udf`` actors
+        (``udf(*constructor_args, **constructor_kwargs)`` each), in row order.
+
+        Each actor reserves ``num_cpus_per_actor`` CPUs and ``num_gpus_per_actor`` GPUs;
+        a dead actor is restarted and its batch retried per ``max_restarts`` and
+        ``max_task_retries``. Nothing runs until the dataset is iterated.
+        """
+        ray = import_ray()
+        from ray.data import ActorPoolStrategy, DataContext
+
+        from utilgen.progress import is_quiet
+
+        cfg = self.cfg
+        context = DataContext.get_current()
+        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+        try:
+            # A dataset snapshots the context when it is created: order and bars are set
+            # for this one only, then the caller's settings come back.
+            context.execution_options.preserve_order = True
+            context.enable_progress_bars = not is_quiet()
+            with warnings.catch_warnings():
+                # Ray 2.60 flags every extra remote argument as deprecated, but actor
+                # restarts and task retries have no named parameter yet.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return ray.data.from_items(rows).map_batches(
+                    udf,
+                    batch_size=1,
+                    fn_constructor_args=constructor_args,
+                    fn_constructor_kwargs=constructor_kwargs,
+                    batch_format="numpy",
+                    compute=ActorPoolStrategy(size=min(cfg.actors, len(rows))),
+                    num_cpus=cfg.num_cpus_per_actor,
+                    num_gpus=cfg.num_gpus_per_actor or None,
+                    **_remote_args(cfg),
+                )
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars = saved
+
     def generate(
         self,
         generator: Generator,
@@ -116,12 +179,7 @@ class RayExecutor:
         requests = list(requests)
         if not requests:
             return iter(())
-        device = "cuda" if self.cfg.num_gpus_per_actor else "cpu"
-        if _generator_device(generator).startswith("cuda") and device == "cpu":
-            raise RayBackendError(
-                "the generator is on a GPU (loop.device) but ray.num_gpus_per_actor=0 gives "
-                "the actors none: set ray.num_gpus_per_actor=1 or loop.device=cpu"
-            )
+        self.check_device(_generator_device(generator), "generator")
         batch_size = int(getattr(generator, "batch_size", 1))
         shards = plan_shards(
             generator,
@@ -135,65 +193,42 @@ class RayExecutor:
             len(shards),
             min(self.cfg.actors, len(shards)),
         )
-        return self._stream(generator, shards, round_index, device)
+        return self._stream(generator, shards, round_index)
 
     def _stream(
-        self,
-        generator: Generator,
-        shards: list[list[GenerationRequest]],
-        round_index: int,
-        device: str,
+        self, generator: Generator, shards: list[list[GenerationRequest]], round_index: int
     ) -> Iterator[Sample]:
         ray = import_ray()
-        from ray.data import ActorPoolStrategy, DataContext
-
-        from utilgen.progress import is_quiet
-
-        cfg = self.cfg
         started = time.perf_counter()
-        generator_ref = ray.put(generator)
-        shards_ref = ray.put(shards)
-        context = DataContext.get_current()
-        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-        try:
-            # A dataset snapshots the context when it is created: order and bars are set
-            # for this one only, then the caller's settings come back.
-            context.execution_options.preserve_order = True
-            context.enable_progress_bars = not is_quiet()
-            dataset = ray.data.from_items([{"shard": i} for i in range(len(shards))])
-            with warnings.catch_warnings():
-                # Ray 2.60 flags every extra remote argument as deprecated, but actor
-                # restarts and task retries have no named parameter yet.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                dataset = dataset.map_batches(
-                    GenerateShards,
-                    batch_size=1,
-                    fn_constructor_args=(generator_ref, shards_ref),
-                    fn_constructor_kwargs={
-                        "round_index": round_index,
-                        "threads": cfg.num_cpus_per_actor,
-                        "device": device,
-                        "kill_marker": os.environ.get(KILL_ONCE_ENV) or None,
-                    },
-                    batch_format="numpy",
-                    compute=ActorPoolStrategy(size=min(cfg.actors, len(shards))),
-                    num_cpus=cfg.num_cpus_per_actor,
-                    num_gpus=cfg.num_gpus_per_actor or None,
-                    **_remote_args(cfg),
-                )
-        finally:
-            context.execution_options.preserve_order, context.enable_progress_bars = saved
+        dataset = self.map_actors(
+            [{"shard": i} for i in range(len(shards))],
+            GenerateShards,
+            (ray.put(generator), ray.put(shards)),
+            {
+                "round_index": round_index,
+                "threads": self.cfg.num_cpus_per_actor,
+                "device": self.actor_device,
+                "kill_marker": os.environ.get(KILL_ONCE_ENV) or None,
+            },
+        )
         n = 0
-        try:
+        with user_errors_from_actors():
             for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for sample in rows_to_samples(table):
                     n += 1
                     yield sample
-        except ray.exceptions.RayTaskError as err:
-            # A user error inside an actor (a bad request, a model the node lacks) keeps its
-            # one-line message; anything else is a bug and keeps Ray's traceback.
-            cause = _user_error(err)
-            if cause is None:
-                raise
-            raise cause from None
         log.info("ray: %d sample(s) in %.1f s", n, time.perf_counter() - started)
+
+
+@contextmanager
+def user_errors_from_actors() -> Iterator[None]:
+    """Re-raise a UtilgenError an actor raised (a bad request, a model the node lacks) as
+    itself, one line for the CLI; any other failure is a bug and keeps Ray's traceback."""
+    ray = import_ray()
+    try:
+        yield
+    except ray.exceptions.RayTaskError as err:
+        cause = _user_error(err)
+        if cause is None:
+            raise
+        raise cause from None

@@ -1,6 +1,7 @@
 """Acceptance (issue 10): the Ray backend writes the manifest the local backend writes —
 ids, labels, provenance, blob hashes, row order — for the built-in image generator and a
-tiny causal LM; and an actor killed mid-round still leaves every sample exactly once.
+tiny causal LM; valuation on Ray gives the local scores; and an actor killed mid-round
+still leaves every sample exactly once.
 
 One local Ray (2 CPUs) serves the module; every round starts a fresh actor pool, whose
 workers import torch and utilgen (seconds each on a busy machine), hence ``slow``.
@@ -11,19 +12,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from tiny_builtin import tiny_generator
 from tiny_lm import tiny_llama
 
-from utilgen.config import RayConfig, TextFilterConfig
+from utilgen.config import RayConfig, TaskConfig, TextFilterConfig, ValuationConfig
+from utilgen.data.bundled import load_digits
+from utilgen.data.labelled import Item
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.loop.generation_round import generate_into_pool
 from utilgen.pool import COLUMNS, PoolStore, Sample
-from utilgen.scale import RayExecutor, RayGenerator
+from utilgen.scale import RayExecutor, RayGenerator, valuation
 from utilgen.scale.actors import KILL_ONCE_ENV
+from utilgen.scale.valuation import score_samples_on_ray
+from utilgen.task import TaskModel, build_task_model
+from utilgen.value import score_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session", "quiet_one_thread")]
 
@@ -124,8 +131,8 @@ def test_executor_reports_its_cluster_and_streams_in_request_order() -> None:
 def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``utilgen run --set loop.backend=ray``: the same pool (every manifest column, scores
-    included) and the same metrics as the local backend."""
+    """``utilgen run --set loop.backend=ray``: the same pool (every manifest column, the
+    round's utility scores included) and the same metrics as the local backend."""
     from cli_helpers import TINY_BUILTIN, sets, utilgen
 
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
@@ -142,7 +149,22 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
         return real_generate(self, generator, requests, round_index)
 
     monkeypatch.setattr(RayExecutor, "generate", counted)
-    settings = ["task.epochs=1", "data.k_shot=5", "data.max_per_class=20", "generator.per_class=5"]
+    on_ray_logits: list[int] = []
+    real_logits = valuation.ray_logits
+
+    def counted_logits(executor: RayExecutor, model: TaskModel, items: Sequence[Item]) -> Any:
+        on_ray_logits.append(len(items))
+        return real_logits(executor, model, items)
+
+    monkeypatch.setattr(valuation, "ray_logits", counted_logits)
+    settings = [
+        "task.epochs=1",
+        "data.k_shot=5",
+        "data.max_per_class=20",
+        "generator.per_class=5",
+        # an output score on each side of one the driver computes: the merge keeps the order
+        "valuation.scores=[marginal,similarity,margin]",
+    ]
     runs = {}
     for backend in ("local", "ray"):
         run = tmp_path / backend
@@ -152,7 +174,10 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
             runs[backend] = store.manifest()
         assert (run / "rounds" / "001" / "metrics.json").is_file()
         assert on_ray == ([] if backend == "local" else [50])  # the round ran on Ray
+        assert on_ray_logits == ([] if backend == "local" else [50])  # and its scoring
     assert (runs["local"]["source"] == "synthetic").sum() == 50
+    scores = [f"utility_r001_{name}" for name in ("marginal", "similarity", "margin")]
+    assert runs["local"].loc[runs["local"]["round"] == 1, scores].notna().all().all()
     pd.testing.assert_frame_equal(runs["ray"], runs["local"])
     local_metrics, ray_metrics = (
         (tmp_path / b / "rounds" / "001" / "metrics.json").read_text() for b in ("local", "ray")
@@ -163,3 +188,19 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
 def _accuracies(metrics_json: str) -> tuple[float, float]:
     metrics = json.loads(metrics_json)
     return metrics["val_accuracy"], metrics["test"]["accuracy"]
+
+
+def test_valuation_on_ray_gives_the_local_scores() -> None:
+    """Output scores from logits the actors compute over slices of whole eval batches, the
+    rest in the driver: the table equals ``score_samples``'s, bit for bit."""
+    digits = load_digits()
+    real, candidates = digits.subset(range(0, 200)), digits.subset(range(200, 290))
+    cfg = TaskConfig(model="small-cnn", image_size=8, epochs=1, batch_size=32)
+    model = build_task_model(cfg, "image", 10, real.items[:1], "cpu", 0)
+    model.eval_batch_size = 16  # type: ignore[attr-defined]
+    scores = ValuationConfig(scores=["loss", "similarity", "marginal", "entropy"])
+    local = score_samples(scores, model, candidates, real_train=real)
+    executor = RayExecutor(RayConfig(actors=2, batch_size=20))  # slices of 32: 3 slices
+    remote = score_samples_on_ray(executor, scores, model, candidates, real_train=real)
+    pd.testing.assert_frame_equal(remote, local)
+    assert list(remote.columns) == ["id", "loss", "similarity", "marginal", "entropy"]
