@@ -17,7 +17,7 @@ from utilgen.errors import PoolError
 from utilgen.pool import PoolStore, verify_pool
 from utilgen.pool.layout import blob_path, manifest_path
 from utilgen.pool.schema import read_manifest, table_to_bytes
-from utilgen.pool.verify import checkpoint_name, looks_truncated
+from utilgen.pool.verify import SIDECAR_SHA256, checkpoint_name, looks_truncated
 from utilgen.task.checkpoint import CHECKPOINT_PATTERN
 from utilgen.task.checkpoint import checkpoint_name as task_checkpoint_name
 
@@ -201,6 +201,32 @@ def test_missing_and_corrupt_checkpoints_of_finished_rounds_are_found(filled: Pa
     assert _lines(text, "missing checkpoint(s) (1): rounds/000/")
     assert _lines(text, "corrupt checkpoint(s) (2): rounds/001/checkpoints/epoch-001")
     assert report.damage() == ["1 missing checkpoint(s)", "2 corrupt checkpoint(s)"]
+
+
+def test_a_flipped_bit_in_a_checkpoint_s_tensors_is_found(filled: Path) -> None:
+    # safetensors still opens such a file: only the digest in the sidecar tells
+    import torch
+
+    from utilgen.config import TaskConfig
+    from utilgen.task.checkpoint import SHA256_KEY, sidecar_path
+    from utilgen.task.factory import build_task_model
+
+    assert SHA256_KEY == SIDECAR_SHA256
+    model = build_task_model(
+        TaskConfig(model="small-cnn"), modality="image", num_classes=3,
+        example_items=[np.zeros((8, 8), dtype=np.float32)], device=torch.device("cpu"), seed=0,
+    )
+    directory = filled / "rounds" / "000"
+    path = model.save(directory / "checkpoints" / checkpoint_name(1))
+    (directory / "metrics.json").write_text(json.dumps({"train_loss": [1.0]}))
+    assert "sha256" in json.loads(sidecar_path(path).read_text())
+    assert verify_pool(filled).ok
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # the last tensor's bytes, past the header
+    path.write_bytes(bytes(data))
+    report = verify_pool(filled)
+    assert report.corrupt_checkpoints == ("rounds/000/checkpoints/epoch-001.safetensors",)
+    assert "rounds/000/checkpoints/epoch-001" in report.describe()
 
 
 def test_an_unfinished_round_s_checkpoints_are_not_checked(filled: Path) -> None:

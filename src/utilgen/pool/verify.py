@@ -25,6 +25,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from utilgen.digest import safetensors_digest
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import is_blob_name, iter_blob_files
 from utilgen.pool.layout import blobs_dir, manifest_path, pool_dir
@@ -73,11 +74,25 @@ def run_started(run_dir: Path) -> bool:
     )
 
 
+# The digest ``utilgen.task.checkpoint`` writes into a checkpoint's JSON sidecar (same name,
+# suffix .json); restated here as the pool sits below the task package (a test pins them).
+SIDECAR_SHA256 = "sha256"
+
+
 def _safetensors_problem(path: Path) -> str | None:
-    """None if safetensors opens ``path`` (valid header covering the file), else why not."""
+    """None if safetensors opens ``path`` (valid header covering the file) and the file
+    hashes to the digest its sidecar recorded (checkpoints written before the digest have
+    none), else why not."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             f.keys()
+        try:
+            recorded = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # no sidecar to compare with: the header check above is all there is
+        expected = recorded.get(SIDECAR_SHA256) if isinstance(recorded, dict) else None
+        if expected is not None and safetensors_digest(path) != expected:
+            return "its tensors differ from the sha256 its sidecar recorded"
     except (SafetensorError, OSError) as err:
         return str(err).splitlines()[0] if str(err) else type(err).__name__
     return None

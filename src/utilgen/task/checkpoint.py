@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from utilgen.atomic import write_bytes_atomic, write_json_atomic
+from utilgen.digest import safetensors_digest
 from utilgen.errors import UtilgenError
 from utilgen.task.base import TaskModel
 from utilgen.task.classifier_module import ClassifierModule
@@ -30,6 +31,9 @@ CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)\.safetensors$")
 def checkpoint_name(epoch: int) -> str:
     """``epoch-NNN.safetensors`` (epochs count from 1)."""
     return f"epoch-{epoch:03d}.safetensors"
+
+
+SHA256_KEY = "sha256"  # the sidecar's digest of the checkpoint (utilgen.digest)
 
 
 def sidecar_path(path: Path) -> Path:
@@ -51,9 +55,11 @@ def save_state(
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     header = {"model_kind": kind, "num_classes": str(num_classes)}
     write_bytes_atomic(path, save(tensors, metadata=header))
-    write_json_atomic(
-        sidecar_path(path), {"model_kind": kind, "num_classes": num_classes, **(metadata or {})}
-    )
+    # safetensors has no checksum of its own: the digest lets `utilgen pool verify` find a
+    # flipped bit in the tensor data, which opening the file cannot.
+    sidecar = {"model_kind": kind, "num_classes": num_classes, **(metadata or {})}
+    sidecar[SHA256_KEY] = safetensors_digest(path)
+    write_json_atomic(sidecar_path(path), sidecar)
     return Path(path)
 
 
