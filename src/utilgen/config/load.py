@@ -7,6 +7,8 @@ key, what is allowed and, on a typo, the closest valid key.
 from __future__ import annotations
 
 import difflib
+import reprlib
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,83 @@ from pydantic import BaseModel, ValidationError
 from utilgen.atomic import write_text_atomic
 from utilgen.config.run import RunConfig
 from utilgen.errors import ConfigError
+
+# A config is a few sections of scalars and short lists, four or five levels deep at most.
+# Anything far deeper or larger is a mistake or a hostile file (a YAML alias that refers to
+# itself, or aliases nested inside aliases that expand a few lines into billions of values),
+# and is refused before pydantic, the YAML dumper or an error message walks all of it.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+# Every integer setting ends up in an int64 somewhere (torch seeds, the manifest's columns).
+_INT64 = 2**63
+
+# Values from the user shown in messages: short, on one line, never the whole of a huge input.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
+
+
+def show(value: Any) -> str:
+    """``repr(value)`` cut to about 60 characters, e.g. for a value named in an error."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        # repr of an int with thousands of digits raises ValueError (int max str digits).
+        return f"<integer of {value.bit_length()} bits>"
+    try:
+        return _SHORT.repr(value)
+    except ValueError:  # an int too long to print, deeper inside a list or dict
+        return f"<{type(value).__name__}>"
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks, tabs and other unprintable characters escaped, so that a
+    message naming a user's key or path stays the one line the CLI promises."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
+
+
+def check_tree(raw: Any, origin: str) -> None:
+    """Raise ConfigError when ``raw`` (a parsed config or override value) nests deeper than
+    MAX_DEPTH, holds more than MAX_VALUES values counting repeats of shared (aliased)
+    parts, or an integer outside int64. ``origin`` names the input in the message."""
+
+    def name(where: tuple[Any, ...]) -> str:
+        parts = [part if isinstance(part, str) else show(part) for part in where]
+        return ".".join(part if len(part) <= 40 else part[:37] + "..." for part in parts)
+
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    seen = 0
+    while stack:
+        node, where = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ConfigError(
+                one_line(
+                    f"{origin} expands to more than {MAX_VALUES} values (YAML aliases nested "
+                    "inside aliases?); write the settings out without nested aliases"
+                )
+            )
+        if len(where) > MAX_DEPTH:
+            raise ConfigError(
+                one_line(
+                    f"{origin} nests deeper than {MAX_DEPTH} levels at '{name(where)[:80]}...' "
+                    "(a YAML alias that contains itself?); no setting is nested that deep, fix it"
+                )
+            )
+        if isinstance(node, int) and not isinstance(node, bool) and abs(node) >= _INT64:
+            raise ConfigError(
+                one_line(
+                    f"invalid value for '{name(where) or 'config'}' in {origin}: {show(node)} "
+                    "does not fit in 64 bits; no setting takes numbers that large, use a smaller"
+                )
+            )
+        if isinstance(node, dict):
+            stack.extend((child, (*where, k)) for k, child in node.items())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend((child, (*where, i)) for i, child in enumerate(node))
 
 
 def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
@@ -33,34 +112,45 @@ def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
 
 def _one_line(err: ValidationError) -> str:
     """The first validation error as ``key: problem (allowed / did you mean)``."""
-    first = err.errors()[0]
+    first = err.errors(include_url=False)[0]
     loc = tuple(first["loc"])
-    key = ".".join(str(p) for p in loc) or "config"
+    # A key is named as typed, cut short: a YAML key can be any text, even a whole file.
+    parts = [str(p) if isinstance(p, (str, int)) else show(p) for p in loc]
+    key = ".".join(p if len(p) <= 80 else p[:77] + "..." for p in parts) or "config"
     if first["type"] == "extra_forbidden":
         valid = _fields_at(loc)
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-        hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'? " if close else ""
-        return f"unknown config key '{key}': {hint}valid keys here: {', '.join(valid)}"
+        close = difflib.get_close_matches(str(loc[-1])[:200], valid, n=1, cutoff=0.6)
+        hint = f"did you mean '{'.'.join([*parts[:-1], close[0]])}'? " if close else ""
+        return one_line(f"unknown config key '{key}': {hint}valid keys here: {', '.join(valid)}")
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error":
-        return f"invalid config '{key}': {msg}"
+        return one_line(f"invalid config '{key}': {msg}")
     if first["type"] in ("literal_error", "enum"):
-        return f"invalid value for '{key}': {msg}"
-    return f"invalid value for '{key}' ({first.get('input')!r}): {msg}"
+        return one_line(f"invalid value for '{key}': {msg}")
+    return one_line(f"invalid value for '{key}' ({show(first.get('input'))}): {msg}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``section.key=value`` into its key path and a YAML-typed value."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(one_line(f"override {show(text)} must look like section.key=value"))
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"override {text!r} has an empty key; use section.key=value")
+        raise ConfigError(
+            one_line(f"override {show(text)} has an empty key; use section.key=value")
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError) as err:
+        # PyYAML lets these through: an integer of thousands of digits, a value nested
+        # thousands of levels deep.
+        raise ConfigError(
+            one_line(f"override {show(text)} cannot be read ({_reason(err)}); fix its value")
+        ) from None
+    check_tree(value, f"override {show(text)}")
     return parts, value
 
 
@@ -73,14 +163,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+                raise ConfigError(
+                    one_line(f"override {show(text)}: '{part}' is a value, not a section")
+                )
             node = child
         node[parts[-1]] = value
     return out
 
 
-def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Validate a raw mapping (plus overrides) into a :class:`RunConfig`."""
+def config_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, *, origin: str = "the config"
+) -> RunConfig:
+    """Validate a raw mapping (plus overrides) into a :class:`RunConfig`; ``origin`` names
+    where ``raw`` came from in error messages."""
+    check_tree(raw, origin)
     merged = apply_overrides(raw, overrides or [])
     try:
         return RunConfig.model_validate(merged)
@@ -91,21 +187,56 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
     raw: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass the path of a YAML config")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(
-                f"config file {path} is not valid YAML{where}; fix its syntax"
-            ) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections at top level")
-    return config_from_dict(raw, overrides)
+    if path is None:
+        return config_from_dict(raw, overrides)
+    path = Path(path)
+    if not _is_file(path):
+        raise ConfigError(one_line(f"config file {path} not found; pass the path of a YAML config"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            one_line(f"config file {path} is not UTF-8 (byte offset {err.start}); save it as UTF-8")
+        ) from None
+    except OSError as err:
+        raise ConfigError(
+            one_line(f"cannot read config file {path} ({err.strerror}); check its permissions")
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError, RecursionError) as err:
+        # ValueError and RecursionError come through PyYAML for an integer of thousands of
+        # digits and for brackets nested thousands deep.
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(
+            one_line(f"config file {path} is not valid YAML{where} ({_reason(err)}); fix it")
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            one_line(f"config file {path} must hold a mapping of sections at top level")
+        )
+    return config_from_dict(raw, overrides, origin=f"config file {path}")
+
+
+def _reason(err: BaseException) -> str:
+    """The gist of a parser's exception, one short line."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        return err.problem
+    if "integer string conversion" in str(err):
+        return f"an integer with more than {sys.get_int_max_str_digits()} digits"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:120]
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False too where the name itself is impossible (too long, NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def config_to_yaml(config: RunConfig) -> str:
@@ -132,14 +263,16 @@ def preset_names() -> list[str]:
 def resolve_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
     """Load a config from a YAML path or, when no such file exists, a shipped preset name."""
     path = Path(name_or_path)
-    if not path.exists() and path.suffix not in (".yaml", ".yml") and path.name == name_or_path:
-        if preset_path(name_or_path).is_file():
+    if not _is_file(path) and path.suffix not in (".yaml", ".yml") and path.name == name_or_path:
+        if _is_file(preset_path(name_or_path)):
             path = preset_path(name_or_path)
         else:
             close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
             hint = f" (did you mean preset '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"config {name_or_path!r} is neither a file nor a preset{hint}; "
-                f"presets: {', '.join(preset_names())}"
+                one_line(
+                    f"config {show(name_or_path)} is neither a file nor a preset{hint}; "
+                    f"presets: {', '.join(preset_names())}"
+                )
             )
     return load_config(path, overrides)
