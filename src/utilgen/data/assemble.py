@@ -148,6 +148,16 @@ def assemble(
     )
     if len(set(ids)) != len(ids):
         raise DataError(f"{origin} has duplicate sample names; make file names unique")
+    for sample_id in ids:
+        try:
+            sample_id.encode("utf-8")
+        except UnicodeEncodeError:
+            # Linux hands over a file name that is not UTF-8 with its odd bytes as lone
+            # surrogates; the pool (UTF-8 Parquet) cannot store such an id.
+            raise DataError(
+                f"sample {sample_id!r} from {origin} is not valid Unicode (a file name in "
+                "another encoding?); rename the file in UTF-8"
+            ) from None
     return LabelledData(
         modality=modality,
         items=tuple(items),

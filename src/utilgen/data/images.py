@@ -91,14 +91,35 @@ def pil_to_array(image: Image.Image, where: str) -> np.ndarray:
     return rgb
 
 
+def check_size(image: Image.Image, where: str) -> None:
+    """Raise for an image that declares no pixels, or more than PIL's own warning limit.
+
+    PIL only refuses an image above *twice* ``Image.MAX_IMAGE_PIXELS`` and allocates
+    anything below, so a small file declaring 12000 x 12000 pixels would cost 430 MB before
+    its (missing) data is found. The header is all ``Image.open`` has read at this point.
+    """
+    width, height = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if width <= 0 or height <= 0:
+        raise DataError(f"{where} is an empty image ({width} x {height} pixels); remove it")
+    if limit is not None and width * height > limit:
+        raise DataError(
+            f"{where} declares {width} x {height} pixels, more than the {limit} utilgen decodes "
+            "(a decompression bomb, or a scan far larger than a classifier needs); downscale "
+            "it or delete it"
+        )
+
+
 def decode_image(source: Path | bytes, where: str) -> np.ndarray:
     """Open and fully decode an image file or encoded bytes into a uint8 (H, W, C) array.
 
     ``Image.open`` only reads the header, so ``load()`` is called inside the ``try`` to catch
-    truncated files here rather than later, far from the file name.
+    truncated files here rather than later, far from the file name; the declared size is
+    checked in between, before any pixel memory is allocated.
     """
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            check_size(image, where)
             image.load()
             return pil_to_array(image, where)
     except DataError:

@@ -29,6 +29,13 @@ _SUFFIX_FORMAT: dict[str, TableFormat] = {
     ".ndjson": "jsonl",
 }
 _BOM = b"\xef\xbb\xbf"
+# Byte-order marks of the encodings a spreadsheet's "Unicode text" export produces.
+_OTHER_BOMS = {
+    b"\xff\xfe\x00\x00": "utf-32",
+    b"\x00\x00\xfe\xff": "utf-32",
+    b"\xff\xfe": "utf-16",
+    b"\xfe\xff": "utf-16",
+}
 
 # Articles can be longer than the csv module's default 128 KiB field limit.
 csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
@@ -37,6 +44,12 @@ csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))
 def read_utf8(path: Path) -> str:
     """The file's text; non-UTF-8 bytes are reported with their byte offset and line."""
     data = path.read_bytes()
+    for bom, encoding in _OTHER_BOMS.items():
+        if data.startswith(bom):
+            raise DataError(
+                f"{path} is {encoding.upper()} (it starts with a {encoding.upper()} byte-order "
+                f"mark), not UTF-8; re-encode it, e.g. `iconv -f {encoding} -t utf-8`"
+            )
     start = len(_BOM) if data.startswith(_BOM) else 0
     try:
         return data[start:].decode("utf-8")
@@ -100,16 +113,49 @@ def read_jsonl_rows(path: Path) -> tuple[list[str], Rows]:
                 f"line {number} of {path} is not valid JSON ({err.msg} at column {err.colno}); "
                 "fix or remove the line"
             ) from None
+        except (ValueError, RecursionError) as err:
+            # What json lets through: an integer of thousands of digits, arrays nested
+            # thousands deep.
+            reason = (
+                "nested too deeply"
+                if isinstance(err, RecursionError)
+                else f"an integer with more than {sys.get_int_max_str_digits()} digits"
+            )
+            raise DataError(
+                f"line {number} of {path} cannot be read as JSON ({reason}); fix or remove the line"
+            ) from None
         if not isinstance(record, dict):
             raise DataError(
                 f"line {number} of {path} is a JSON {type(record).__name__}, not an object; "
                 'write one object per line, e.g. {"text": "...", "label": "..."}'
             )
+        _require_unicode(record, f"line {number} of {path}")
         columns.update(dict.fromkeys(record))
         rows.append((number, record))
     if not rows:
         raise DataError(f"{path} is empty; write one JSON object per line with text and label")
     return list(columns), rows
+
+
+def _require_unicode(record: dict[str, Any], where: str) -> None:
+    """Raise if a key or string value holds a lone surrogate (``"\\ud800"``): JSON can
+    escape one, but it is not a character, and no UTF-8 file (the pool's blobs, Parquet)
+    can store it."""
+    for key, value in record.items():
+        for text in (key, value):
+            if isinstance(text, str) and not _encodable(text):
+                raise DataError(
+                    f"{where} has a lone UTF-16 surrogate escape in {key!r}, which is not a "
+                    "character; fix the \\uXXXX escape (pairs encode one character) or remove it"
+                )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _READERS: dict[TableFormat, Callable[[Path], tuple[list[str], Rows]]] = {
@@ -153,6 +199,12 @@ def load_table(
     origin = str(file)
     require_column(columns, text_column, "text", origin)
     require_column(columns, label_column, "label", origin)
+    for column in {text_column, label_column}:
+        if columns.count(column) > 1:
+            raise DataError(
+                f"{origin} has {columns.count(column)} columns named {column!r}; rename all but "
+                "one in the header, so that it is clear which one to read"
+            )
 
     def row_name(i: int) -> str:
         return f"line {rows[i][0]} of {file}"

@@ -17,7 +17,15 @@ from utilgen.errors import DataError
 def require_path(path: str | Path, source: str) -> Path:
     """``path`` with ``~`` expanded; raises when nothing exists there."""
     resolved = Path(path).expanduser()
-    if not resolved.exists():
+    try:
+        exists = resolved.exists()
+    except (OSError, ValueError) as err:  # a name too long, or holding a NUL byte
+        reason = err.strerror if isinstance(err, OSError) else str(err)
+        raise DataError(
+            f"data path {str(resolved)[:200]!r} cannot be used ({reason}); set data.path to the "
+            f"{source} data's location"
+        ) from None
+    if not exists:
         raise DataError(
             f"data path {resolved} does not exist; set data.path to the {source} data's location"
         )
@@ -60,8 +68,11 @@ def check_class_name(name: str, origin: str) -> None:
         problem = "contains a path separator"
     elif name in (".", "..") or ".." in name:
         problem = "contains '..'"
-    elif any(unicodedata.category(ch) == "Cc" for ch in name):
-        problem = "contains a control character"
+    elif any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
+        problem = "contains a control character or line break"
+    elif any(unicodedata.category(ch) == "Cs" for ch in name):
+        # Only a JSON escape or a file name in another encoding yields one; UTF-8 has none.
+        problem = "is not valid Unicode (a file name in another encoding, or a lone \\uXXXX escape)"
     if problem is not None:
         raise DataError(
             f"class name {name!r} from {origin} {problem}; class names are used in file paths, "
