@@ -13,8 +13,11 @@ Formats:
   ``text``, then ``label`` (int64), ``class_name``, ``id`` and every other manifest column.
 
 Names taken from the data (class names, sample ids) are made safe before they become
-paths: separators, control and reserved characters become ``_``, and nothing is ever
-written outside ``DEST``. Inputs are checked before anything is written.
+paths: separators, control and reserved characters become ``_``, names longer than 120
+bytes are cut and suffixed with a hash, and nothing is ever written outside ``DEST`` (an
+ImageFolder is written to a hidden folder beside it, ``.utilgen-export-*.tmp``, renamed to
+``DEST`` when complete and removed on failure). Inputs are checked before anything is
+written, and ``DEST`` may not overwrite the run's own files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import json
 import math
 import os
 import re
+import secrets
+import shutil
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +42,7 @@ import pyarrow.parquet as pq
 
 from utilgen.atomic import write_bytes_atomic, write_text_atomic
 from utilgen.errors import PoolError
+from utilgen.pool.layout import pool_dir
 from utilgen.pool.schema import table_to_frame
 from utilgen.pool.store import PoolStore, filter_manifest
 
@@ -65,7 +71,12 @@ def safe_folder_name(class_name: str) -> str:
         )
     name = _UNSAFE.sub("_", class_name).strip()
     # A leading dot would make a hidden folder, which ImageFolder loaders skip.
-    return "_" + name[1:] if name.startswith(".") else name
+    name = "_" + name[1:] if name.startswith(".") else name
+    if len(name.encode("utf-8")) > _MAX_STEM:
+        # File systems cap a name at 255 bytes, not characters: cut on a character boundary.
+        cut = name.encode("utf-8")[:_MAX_STEM].decode("utf-8", errors="ignore").rstrip()
+        name = f"{cut}-{_short_hash(class_name)}"
+    return name
 
 
 def safe_file_stem(sample_id: str) -> str:
@@ -116,8 +127,18 @@ def _export_imagefolder(frame: pd.DataFrame, dest: Path, read: Callable[[str], b
             f"{dest} exists and is not an empty folder; choose a new --out for the ImageFolder"
         )
     paths = _image_paths(frame, dest)
-    for path, blob in zip(paths, frame["blob"], strict=True):
-        write_bytes_atomic(path, read(blob))
+    # The files go to a hidden folder next to DEST, renamed to DEST once all are written: a
+    # full disk or a crash half-way leaves no half-exported folder that looks complete.
+    staging = dest.parent / f".utilgen-export-{secrets.token_hex(6)}.tmp"
+    staging.mkdir(parents=True)
+    try:
+        for path, blob in zip(paths, frame["blob"], strict=True):
+            write_bytes_atomic(staging / path.relative_to(dest), read(blob), durable=False)
+        os.sync()  # one flush for every file instead of an fsync each
+        os.replace(staging, dest)  # replaces DEST only when it is an empty folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return dest
 
 
@@ -177,6 +198,16 @@ def _export_parquet(
     return dest
 
 
+def _check_outside_run(run_dir: Path, dest: Path) -> None:
+    """Refuse a destination that would overwrite the run's own files or its pool."""
+    target, run = dest.resolve(), run_dir.resolve()
+    if target.is_relative_to(pool_dir(run)) or (target.is_relative_to(run) and target.is_file()):
+        raise PoolError(
+            f"--out {dest} would overwrite files of the run directory {run_dir}; "
+            "export to a path outside it"
+        )
+
+
 def export_pool(
     run_dir: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -202,6 +233,7 @@ def export_pool(
     if fmt not in FORMATS:
         raise PoolError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     dest = Path(dest)
+    _check_outside_run(Path(run_dir), dest)
     store = PoolStore(run_dir)
     table = store.table()
     # One read of the manifest: the rows exported and their payloads must agree.
