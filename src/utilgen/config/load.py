@@ -57,16 +57,17 @@ def one_line(text: str) -> str:
     )
 
 
-def check_tree(raw: Any, origin: str) -> None:
+def check_tree(raw: Any, origin: str, at: tuple[str, ...] = ()) -> None:
     """Raise ConfigError when ``raw`` (a parsed config or override value) nests deeper than
     MAX_DEPTH, holds more than MAX_VALUES values counting repeats of shared (aliased)
-    parts, or an integer outside int64. ``origin`` names the input in the message."""
+    parts, or an integer outside int64. ``origin`` names the input in the message and
+    ``at`` is the key path of ``raw`` within the config (an override's key)."""
 
     def name(where: tuple[Any, ...]) -> str:
         parts = [part if isinstance(part, str) else show(part) for part in where]
         return ".".join(part if len(part) <= 40 else part[:37] + "..." for part in parts)
 
-    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, at)]
     seen = 0
     while stack:
         node, where = stack.pop()
@@ -89,7 +90,7 @@ def check_tree(raw: Any, origin: str) -> None:
             raise ConfigError(
                 one_line(
                     f"invalid value for '{name(where) or 'config'}' in {origin}: {show(node)} "
-                    "does not fit in 64 bits; no setting takes numbers that large, use a smaller"
+                    "does not fit in 64 bits; no setting takes numbers that large"
                 )
             )
         if isinstance(node, dict):
@@ -150,7 +151,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(
             one_line(f"override {show(text)} cannot be read ({_reason(err)}); fix its value")
         ) from None
-    check_tree(value, f"override {show(text)}")
+    check_tree(value, f"override {show(text)}", at=tuple(parts))
     return parts, value
 
 
@@ -191,7 +192,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         return config_from_dict(raw, overrides)
     path = Path(path)
     if not _is_file(path):
-        raise ConfigError(one_line(f"config file {path} not found; pass the path of a YAML config"))
+        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:120]}...{str(path)[-60:]}"
+        raise ConfigError(
+            one_line(f"config file {shown} not found; pass the path of a YAML config")
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
