@@ -101,9 +101,10 @@ def test_disk_full_stops_cleanly_and_the_rerun_resumes(
     code, err = _utilgen_run(run_dir, capsys)
     assert code == 0, err
     assert differences(expected, run_dir) == []
-    assert json.loads((run_dir / "summary.json").read_text())["accuracy"] == json.loads(
-        (expected / "summary.json").read_text()
-    )["accuracy"]
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["accuracy"]
+        == json.loads((expected / "summary.json").read_text())["accuracy"]
+    )
 
 
 def test_other_os_errors_keep_their_traceback(
