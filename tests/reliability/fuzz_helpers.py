@@ -90,6 +90,22 @@ def scratch(parent: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def utilgen(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """``utilgen --quiet ARGS`` in this process: ``"exit 0"``, or ``"exit 2"`` after checking
+    the contract for bad input (exactly one ``utilgen: error:`` line, no traceback); any
+    other exit code or exception fails the case."""
+    from utilgen.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quiet", *args])
+    code, err = exit_info.value.code or 0, capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, err
+    if code:
+        lines = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1 and lines[0].startswith("utilgen: error: "), err
+    return f"exit {code}"
+
+
 def listing(root: Path) -> dict[str, int]:
     """Every file and folder under ``root`` (relative path -> size, -1 for folders)."""
     return {

@@ -129,6 +129,8 @@ def _export_imagefolder(frame: pd.DataFrame, dest: Path, read: Callable[[str], b
     paths = _image_paths(frame, dest)
     # The files go to a hidden folder next to DEST, renamed to DEST once all are written: a
     # full disk or a crash half-way leaves no half-exported folder that looks complete.
+    # Folders made here for DEST's parent go too if the export fails: nothing is left.
+    created = next((p for p in reversed(dest.absolute().parents) if not p.exists()), None)
     staging = dest.parent / f".utilgen-export-{secrets.token_hex(6)}.tmp"
     staging.mkdir(parents=True)
     try:
@@ -137,7 +139,7 @@ def _export_imagefolder(frame: pd.DataFrame, dest: Path, read: Callable[[str], b
         os.sync()  # one flush for every file instead of an fsync each
         os.replace(staging, dest)  # replaces DEST only when it is an empty folder
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(created or staging, ignore_errors=True)
         raise
     return dest
 
