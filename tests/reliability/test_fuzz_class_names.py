@@ -239,3 +239,29 @@ def test_export_onto_the_run_itself_is_refused(
     args = ["pool", "export", str(run), "--format", "jsonl", "--out", str(run / target)]
     assert utilgen(args, capsys) == "exit 2"
     assert not changes(before, listing(tmp_path))
+
+
+def test_utilgen_run_and_export_keep_unicode_class_names_inside_their_directories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same chain through a real ``utilgen run`` (stage 1 writes the pool, trains and
+    evaluates) on class folders whose names a path could trip over."""
+    classes = ["naïve café", "東京 tower", "a.b", "🚀 ~ $HOME"]
+    images = tmp_path / "images"
+    for c, name in enumerate(classes):
+        (images / name).mkdir(parents=True)
+        for i in range(8):
+            (images / name / f"{i}.png").write_bytes(_png(100 * c + i))
+    run = tmp_path / "run"
+    sets = ["data.source=imagefolder", f"data.path={images}", "data.k_shot=null"]
+    sets += ["task.epochs=1", "task.model=small-cnn"]
+    before = listing(tmp_path)
+    args = ["run", "digits-real-only", "--no-report", "--out", str(run)]
+    assert utilgen(args + [a for s in sets for a in ("--set", s)], capsys) == "exit 0"
+    assert all(p.startswith("run") for p in changes(before, listing(tmp_path)))
+    for fmt, dest in [("imagefolder", "exported"), ("jsonl", "x.jsonl"), ("parquet", "x.parquet")]:
+        before = listing(tmp_path)
+        export = ["pool", "export", str(run), "-f", fmt, "-o", str(tmp_path / dest)]
+        assert utilgen([*export, "--source", "real"], capsys) == "exit 0"
+        assert all(p.startswith(dest) for p in changes(before, listing(tmp_path)))
+        assert _exported_classes(fmt, tmp_path / dest) == set(classes)
