@@ -26,7 +26,7 @@ from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
 from utilgen.loop.generation_round import generate_into_pool
 from utilgen.pool import COLUMNS, PoolStore, Sample
-from utilgen.scale import RayExecutor, RayGenerator, valuation
+from utilgen.scale import RayBackendError, RayExecutor, RayGenerator, valuation
 from utilgen.scale.actors import KILL_ONCE_ENV
 from utilgen.scale.valuation import score_samples_on_ray
 from utilgen.task import TaskModel, build_task_model
@@ -204,3 +204,10 @@ def test_valuation_on_ray_gives_the_local_scores() -> None:
     remote = score_samples_on_ray(executor, scores, model, candidates, real_train=real)
     pd.testing.assert_frame_equal(remote, local)
     assert list(remote.columns) == ["id", "loss", "similarity", "marginal", "entropy"]
+
+
+def test_a_pool_larger_than_the_cluster_is_refused_in_one_line() -> None:
+    with pytest.raises(RayBackendError) as err:
+        RayExecutor(RayConfig(actors=3))  # the session has 2 CPUs
+    message = str(err.value)
+    assert "has 2 CPU(s)" in message and "needs 3" in message and "lower ray.actors" in message

@@ -1,4 +1,7 @@
-"""``RayExecutor``: a round's generation as Ray Data ``map_batches`` over an actor pool.
+"""``RayExecutor``: a round's generation (and valuation's forward passes, see
+:mod:`utilgen.scale.valuation`) as Ray Data ``map_batches`` over an actor pool.
+
+Generation:
 
 1. the requests are cut into shards that start where the local generator starts a batch
    (:mod:`utilgen.scale.shards`), so each sample is made in the same batch as locally;
@@ -56,14 +59,15 @@ def _user_error(err: BaseException) -> UtilgenError | None:
 def _remote_args(cfg: RayConfig) -> dict[str, Any]:
     """Ray's actor options for the pool: restarts and retries of a dead actor's batch."""
     args: dict[str, Any] = {"max_restarts": cfg.max_restarts}
-    # Ray refuses task retries on an actor that is never restarted.
+    # A retry runs on the restarted actor: with restarts off there is nothing to retry on
+    # (Ray Data leaves max_task_retries unset then, too).
     if cfg.max_restarts != 0:
         args["max_task_retries"] = cfg.max_task_retries
     return args
 
 
 class RayExecutor:
-    """Runs generation on a Ray cluster (``loop.backend=ray``).
+    """Runs generation and valuation on a Ray cluster (``loop.backend=ray``).
 
     Construction joins the cluster at ``cfg.address`` (or starts a local Ray) and checks
     that it can hold the actor pool. Use it as a context manager, or call :meth:`shutdown`,
@@ -156,7 +160,11 @@ class RayExecutor:
                     fn_constructor_args=constructor_args,
                     fn_constructor_kwargs=constructor_kwargs,
                     batch_format="numpy",
-                    compute=ActorPoolStrategy(size=min(cfg.actors, len(rows))),
+                    # One call in flight per actor: a row is seconds to minutes of work,
+                    # and an actor that queued several would keep them from an idle one.
+                    compute=ActorPoolStrategy(
+                        size=min(cfg.actors, len(rows)), max_tasks_in_flight_per_actor=1
+                    ),
                     num_cpus=cfg.num_cpus_per_actor,
                     num_gpus=cfg.num_gpus_per_actor or None,
                     **_remote_args(cfg),
