@@ -211,3 +211,17 @@ def test_a_pool_larger_than_the_cluster_is_refused_in_one_line() -> None:
         RayExecutor(RayConfig(actors=3))  # the session has 2 CPUs
     message = str(err.value)
     assert "has 2 CPU(s)" in message and "needs 3" in message and "lower ray.actors" in message
+
+
+def test_a_round_resumed_on_ray_makes_only_what_the_pool_lacks(tmp_path: Path) -> None:
+    """A driver stopped after its first appends: re-running the round on Ray generates the
+    rest, and the pool ends as one uninterrupted local round leaves it."""
+    generator, requests = tiny_generator(NAMES), _image_requests()
+    local = _manifest(tmp_path / "local", generator, requests)
+    with PoolStore.open(tmp_path / "resumed", writable=True) as store:
+        store.append(list(generator.generate(requests[:12], round_index=1, progress=False)))
+        before = len(store.manifest())
+        added = generate_into_pool(RayGenerator(generator, RAY), requests, store, round_index=1)
+        resumed = store.manifest()[list(COLUMNS)]
+    assert before > 0 and added == len(local) - before
+    pd.testing.assert_frame_equal(resumed, local)
