@@ -57,6 +57,7 @@ from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.report.html import build_run_html
+from utilgen.scale import check_backend
 from utilgen.task import (
     TaskModel,
     build_task_model,
@@ -122,6 +123,7 @@ def _check_generator_modality(config: RunConfig, splits: Splits) -> None:
 def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     """Load and split the data, build the task model and (``with_generator``) the generator
     and its requests; raise before anything is written to the run directory."""
+    check_backend(config)  # Ray missing or its address unreachable: fail before any write
     seed_everything(config.seed)
     data: LabelledData = load_data(config.data)
     splits = split_for_config(data, config.data, config.seed)
