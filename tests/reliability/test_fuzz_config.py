@@ -339,3 +339,22 @@ def test_utilgen_run_with_a_huge_seed_fails_before_writing(
     )
     assert "'seed'" in line and "64 bits" in line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=Prepared,  # the config passes and the run would start
+    reason="needs a check on RunConfig.name in src/utilgen/config/run.py (not the fuzz "
+    "helper's file): the name becomes runs/<name> and compare's OUT/<name>/seed-N",
+)
+def test_a_run_name_cannot_lead_outside_the_runs_folder(
+    tmp_path: Path,
+    prepare_only: None,
+    cli_error: Callable[[list[str]], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the config fuzz: ``name: ../../x`` is a valid config, and ``utilgen run``
+    without ``--out`` would write its run to ``runs/../../x``, two levels above ``runs``."""
+    monkeypatch.chdir(tmp_path)
+    line = cli_error(["run", "digits-real-only", "--set", "name=../../escape"])
+    assert "'name'" in line
