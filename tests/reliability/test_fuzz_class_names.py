@@ -183,6 +183,20 @@ def test_a_folder_name_that_is_not_utf8_fails_at_load(tmp_path: Path) -> None:
         load_image_folder(root)
 
 
+def _fill_pool(run: Path, class_names: tuple[str, ...]) -> None:
+    """A pool of two tiny images per class, written as stage 1 of a run writes it."""
+    n = 2 * len(class_names)
+    data = LabelledData(
+        modality="image",
+        items=tuple(np.full((3, 3, 3), i, dtype=np.uint8) for i in range(n)),
+        labels=np.arange(n) // 2,
+        class_names=class_names,
+        ids=tuple(f"d/{i}" for i in range(n)),
+    )
+    with PoolStore.open(run, writable=True) as store:
+        store.append(samples_from_labelled(data, split="train"))
+
+
 def test_export_of_long_class_names_writes_nothing_on_a_full_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -190,33 +204,16 @@ def test_export_of_long_class_names_writes_nothing_on_a_full_disk(
     line, and neither the destination nor the staging folder is left behind."""
     from utilgen import faults
 
-    data = LabelledData(
-        modality="image",
-        items=tuple(np.full((3, 3, 3), i, dtype=np.uint8) for i in range(4)),
-        labels=np.array([0, 0, 1, 1]),
-        class_names=("a" * 300, "b"),
-        ids=tuple(f"d/{i}" for i in range(4)),
-    )
-    with PoolStore.open(tmp_path / "run", writable=True) as store:
-        store.append(samples_from_labelled(data, split="train"))
+    _fill_pool(tmp_path / "run", ("a" * 300, "b"))
     before = listing(tmp_path)
     monkeypatch.setenv(faults.ENV, f"{faults.DISK_FULL}@2")
     monkeypatch.setattr(faults, "_reached", {})
     dest = tmp_path / "out" / "images"
-    assert (
-        utilgen(
-            ["pool", "export", str(tmp_path / "run"), "-f", "imagefolder", "-o", str(dest)], capsys
-        )
-        == "exit 2"
-    )
+    args = ["pool", "export", str(tmp_path / "run"), "-f", "imagefolder", "-o", str(dest)]
+    assert utilgen(args, capsys) == "exit 2"
     assert not changes(before, listing(tmp_path))
     monkeypatch.delenv(faults.ENV)
-    assert (
-        utilgen(
-            ["pool", "export", str(tmp_path / "run"), "-f", "imagefolder", "-o", str(dest)], capsys
-        )
-        == "exit 0"
-    )
+    assert utilgen(args, capsys) == "exit 0"
     assert len(list(dest.rglob("*.png"))) == 4
 
 
@@ -225,15 +222,7 @@ def test_export_onto_the_run_itself_is_refused(
     tmp_path: Path, target: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    data = LabelledData(
-        modality="text",
-        items=("a", "b"),
-        labels=np.array([0, 1]),
-        class_names=("x", "y"),
-        ids=("d/0", "d/1"),
-    )
-    with PoolStore.open(run, writable=True) as store:
-        store.append(samples_from_labelled(data, split="train"))
+    _fill_pool(run, ("x", "y"))
     (run / "config.yaml").write_text("seed: 0\n", encoding="utf-8")
     before = listing(tmp_path)
     args = ["pool", "export", str(run), "--format", "jsonl", "--out", str(run / target)]
