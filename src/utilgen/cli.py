@@ -389,8 +389,13 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    """Print ``message`` as the one error line and exit with the user-error code."""
-    err_console.print(f"utilgen: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    """Print ``message`` as the one error line (line breaks in a user's path or key
+    escaped) and exit with the user-error code."""
+    from utilgen.config.load import one_line
+
+    err_console.print(
+        f"utilgen: error: {one_line(message)}", markup=False, highlight=False, soft_wrap=True
+    )
     sys.exit(EXIT_USER_ERROR)
 
 

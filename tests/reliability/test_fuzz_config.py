@@ -341,12 +341,6 @@ def test_utilgen_run_with_a_huge_seed_fails_before_writing(
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Prepared,  # the config passes and the run would start
-    reason="needs a check on RunConfig.name in src/utilgen/config/run.py (not the fuzz "
-    "helper's file): the name becomes runs/<name> and compare's OUT/<name>/seed-N",
-)
 def test_a_run_name_cannot_lead_outside_the_runs_folder(
     tmp_path: Path,
     prepare_only: None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from utilgen.config.data import DataConfig
 from utilgen.config.feedback import FeedbackConfig
@@ -17,7 +17,11 @@ from utilgen.config.valuation import ValuationConfig
 class RunConfig(Section):
     """A whole run: one section per stage of the loop."""
 
-    name: str = Field("run", description="Free-form name shown in reports.")
+    name: str = Field(
+        "run",
+        description="Shown in reports; also the run's folder (runs/<name>, compare's "
+        "OUT/<name>/seed-N), so one path component: no '/', '\\', '..', control characters.",
+    )
     strategy: str = Field("real-only", description="Strategy preset this config implements.")
     seed: int = Field(0, ge=0, description="Fixes splits, generation and training on CPU.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -27,6 +31,22 @@ class RunConfig(Section):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, value: str) -> str:
+        # The name becomes a directory under runs/ or compare's OUT: it must not lead out.
+        if (
+            not value.strip()
+            or value in (".", "..")
+            or any(sep in value for sep in ("/", "\\"))
+            or not value.isprintable()
+        ):
+            raise ValueError(
+                "name must be one folder name (it becomes runs/<name>): no '/', '\\', '.' "
+                "or '..' alone, no control characters, not empty; e.g. name=digits-static"
+            )
+        return value
 
     @model_validator(mode="after")
     def _rounds_match_generator(self) -> RunConfig:
