@@ -28,3 +28,13 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def release_shared_executor() -> Iterator[None]:
+    """Stop the run-wide executor's actors after each test: the session has 2 CPUs, and
+    idle actors kept for the next round would leave none to a test's own executor."""
+    yield
+    from utilgen.scale.backend import release_shared_executors
+
+    release_shared_executors()

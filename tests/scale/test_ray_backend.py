@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from tiny_builtin import tiny_generator
 from tiny_lm import tiny_llama
 
@@ -128,6 +129,37 @@ def test_executor_reports_its_cluster_and_streams_in_request_order() -> None:
     assert ray.is_initialized()
 
 
+def test_the_actors_outlive_a_call_and_take_each_calls_generator() -> None:
+    """Calls reuse the actors (their processes import torch and utilgen once per run), and
+    a call with another generator (the next round's, after feedback) gets its samples."""
+    import ray
+
+    executor = RayExecutor(RAY)
+    base, tuned = tiny_generator(NAMES), tiny_generator(NAMES)
+    with torch.no_grad():
+        next(tuned.model.parameters()).add_(0.05)
+    requests = _image_requests()[:10]
+    first = [s.blob for s in executor.generate(base, requests, round_index=1)]
+    pids = ray.get([actor.pid.remote() for actor in executor.actors()])
+    second = [s.blob for s in executor.generate(tuned, requests, round_index=1)]
+    assert ray.get([actor.pid.remote() for actor in executor.actors()]) == pids
+    assert second == [s.blob for s in tuned.generate(requests, progress=False)]
+    assert first == [s.blob for s in base.generate(requests, progress=False)]
+    assert first != second
+    executor.shutdown()
+    assert not executor.started
+
+
+def test_the_run_shares_one_executor_until_ray_stops() -> None:
+    from utilgen.scale.backend import shared_executor
+
+    executor = shared_executor(RAY)
+    assert shared_executor(RAY) is executor
+    assert executor.actors()
+    other = shared_executor(RayConfig(actors=1))  # other settings: the old pool makes way
+    assert other is not executor and not executor.started
+
+
 def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,8 +232,8 @@ def test_valuation_on_ray_gives_the_local_scores() -> None:
     model.eval_batch_size = 16  # type: ignore[attr-defined]
     scores = ValuationConfig(scores=["loss", "similarity", "marginal", "entropy"])
     local = score_samples(scores, model, candidates, real_train=real)
-    executor = RayExecutor(RayConfig(actors=2, batch_size=20))  # slices of 32: 3 slices
-    remote = score_samples_on_ray(executor, scores, model, candidates, real_train=real)
+    with RayExecutor(RayConfig(actors=2, batch_size=20)) as executor:  # slices of 32: 3
+        remote = score_samples_on_ray(executor, scores, model, candidates, real_train=real)
     pd.testing.assert_frame_equal(remote, local)
     assert list(remote.columns) == ["id", "loss", "similarity", "marginal", "entropy"]
 

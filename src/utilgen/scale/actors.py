@@ -1,16 +1,23 @@
-"""What runs inside the Ray actors: one generator per actor, shards in, sample rows out.
+"""What runs inside the Ray actors: one long-lived worker per actor.
 
-Ray Data builds one :class:`GenerateShards` per actor of the pool and calls it with batches
-of shard indices. The round's generator and its shards travel once through the object
-store (the driver puts them, every actor gets them in its constructor); a shard's samples
-come back as one Arrow table (the manifest's columns plus the payload), so the driver
-rebuilds the exact ``Sample`` objects the local backend would have made.
+A :class:`Worker` lives as long as its :class:`~utilgen.scale.executor.RayExecutor`, which
+in ``utilgen run`` is the whole run: its process imports torch and utilgen once, not once per
+round. Each call names the model it needs (the round's generator, the task model) by an
+object-store reference wrapped in a list, so that Ray hands the actor the reference rather
+than the object; the worker fetches a model the first time it sees its reference and keeps
+it until a call names another one. A restarted actor starts with no models and fetches
+them again, so a call retried after a crash needs nothing from the actor that died.
+
+Generation returns a shard's samples as one Arrow table (the manifest's columns plus the
+payload), from which the driver rebuilds the exact ``Sample`` objects the local backend
+would have made.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +25,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from utilgen.data.labelled import Item
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.pool import Sample
 from utilgen.pool.schema import row_to_sample, samples_to_table
+from utilgen.task import TaskModel
 
 log = logging.getLogger(__name__)
 
 PAYLOAD = "payload"
 
-# Test hook: a path; the first actor to reach a batch creates the file and exits the way a
+# Test hook: a path; the first actor to reach a call creates the file and exits the way a
 # crashed worker would (no cleanup). Its restart finds the file and carries on, so exactly
 # one actor dies, which is what the failure tests need.
 KILL_ONCE_ENV = "UTILGEN_RAY_KILL_ONCE"
@@ -63,11 +72,10 @@ def move_generator(generator: Any, device: torch.device) -> None:
         generator.device = device
 
 
-def resolved(value: Any) -> Any:
-    """``value``, fetched from the object store when it is an ObjectRef."""
-    import ray
-
-    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+def move_task_model(model: TaskModel, device: torch.device) -> None:
+    """Put ``model``'s module on ``device``, in place."""
+    model.module().to(device)
+    model.device = device
 
 
 def _maybe_die(marker: str | None) -> None:
@@ -79,51 +87,62 @@ def _maybe_die(marker: str | None) -> None:
     except FileExistsError:
         return
     os.close(fd)
-    log.warning("ray actor %d: %s set, exiting mid-batch", os.getpid(), KILL_ONCE_ENV)
+    log.warning("ray actor %d: %s set, exiting mid-call", os.getpid(), KILL_ONCE_ENV)
     os._exit(1)
 
 
-class GenerateShards:
-    """A Ray Data callable class: the actor's copy of the generator and the round's shards.
+class Worker:
+    """One actor of the pool (wrapped by ``ray.remote`` in the executor).
 
     Args:
-        generator: the round's generator (an ObjectRef to it, or the object).
-        shards: the round's request shards (an ObjectRef, or the list).
-        round_index: the round the samples belong to (their ids and ``round``).
         threads: torch threads in this actor (its reserved CPUs).
         device: "cpu", or "cuda" when the actor holds a GPU (Ray sets which one).
-        kill_marker: the :data:`KILL_ONCE_ENV` test hook's path, None normally.
     """
 
-    def __init__(
-        self,
-        generator: Any,
-        shards: Any,
-        *,
-        round_index: int,
-        threads: int,
-        device: str,
-        kill_marker: str | None = None,
-    ) -> None:
+    def __init__(self, *, threads: int, device: str) -> None:
         from utilgen.progress import set_quiet
 
         torch.set_num_threads(threads)
         set_quiet(True)  # bars from many actors would interleave in the driver's log
-        self.generator: Generator = resolved(generator)
-        if device != "cpu":
-            move_generator(self.generator, torch.device(device))
-        self.shards: list[list[GenerationRequest]] = resolved(shards)
-        self.round_index = round_index
-        self.kill_marker = kill_marker
+        self.device = torch.device(device)
+        # kind -> (object-store id, the object): one model of each kind, the latest named.
+        self._models: dict[str, tuple[str, Any]] = {}
+
+    def pid(self) -> int:
+        """This actor's process id: a restart, or a new actor, has another."""
+        return os.getpid()
+
+    def _model(self, kind: str, holder: Sequence[Any]) -> Any:
+        import ray
+
+        ref = holder[0]
+        cached = self._models.get(kind)
+        if cached is not None and cached[0] == ref.hex():
+            return cached[1]
+        self._models.pop(kind, None)  # free the old model before fetching the new one
+        model = ray.get(ref)
+        if self.device.type != "cpu":
+            (move_generator if kind == "generator" else move_task_model)(model, self.device)
+        self._models[kind] = (ref.hex(), model)
+        return model
+
+    def generate(
+        self,
+        generator: Sequence[Any],
+        shard: list[GenerationRequest],
+        round_index: int,
+        kill_marker: str | None = None,
+    ) -> pa.Table:
+        """The samples of ``shard`` made by the generator in ``generator[0]`` (a reference),
+        as :func:`samples_to_rows` rows."""
         if kill_marker:
             Path(kill_marker).parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """The samples of the shards in ``batch["shard"]``, in shard order."""
-        samples: list[Sample] = []
-        for index in batch["shard"]:
-            _maybe_die(self.kill_marker)
-            samples += self.generator.generate(
-                self.shards[int(index)], round_index=self.round_index, progress=False
-            )
+        _maybe_die(kill_marker)
+        model: Generator = self._model("generator", generator)
+        samples = list(model.generate(shard, round_index=round_index, progress=False))
         return samples_to_rows(samples)
+
+    def logits(self, model: Sequence[Any], items: Sequence[Item]) -> np.ndarray:
+        """``logits(items)`` of the task model in ``model[0]`` (a reference), float32."""
+        task_model: TaskModel = self._model("task_model", model)
+        return task_model.logits(items)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -19,6 +20,39 @@ from utilgen.data.labelled import Modality
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.pool import Sample
 from utilgen.scale.cluster import connect, import_ray
+
+if TYPE_CHECKING:
+    from utilgen.scale.executor import RayExecutor
+
+
+_EXECUTORS: dict[str, RayExecutor] = {}
+
+
+def shared_executor(cfg: RayConfig) -> RayExecutor:
+    """The process's executor for ``cfg``: every round and stage of a run (generation,
+    valuation) uses the same one, so its actors start once per run, not once per call.
+
+    A new one replaces it when Ray was shut down in between (a later run in the same
+    process, a test session).
+    """
+    from utilgen.scale.executor import RayExecutor
+
+    key = cfg.model_dump_json()
+    executor = _EXECUTORS.get(key)
+    if executor is None or not executor.alive:
+        # One pool at a time: another settings' idle actors would hold the CPUs/GPUs the
+        # new pool needs, and its actors would wait for them forever.
+        release_shared_executors()
+        executor = _EXECUTORS[key] = RayExecutor(cfg)
+    return executor
+
+
+def release_shared_executors() -> None:
+    """Stop the shared executors' actors (and a local Ray one of them started)."""
+    while _EXECUTORS:
+        _, executor = _EXECUTORS.popitem()
+        if executor.alive:
+            executor.shutdown()
 
 
 class RayGenerator:
@@ -43,10 +77,8 @@ class RayGenerator:
         progress: bool = True,
     ) -> Iterator[Sample]:
         """``inner.generate(requests)``'s samples, in request order, made on Ray."""
-        from utilgen.scale.executor import RayExecutor
-
-        del progress  # Ray Data shows its own progress, unless --quiet
-        return RayExecutor(self.cfg).generate(self.inner, requests, round_index)
+        del progress  # the executor shows its own bar, unless --quiet
+        return shared_executor(self.cfg).generate(self.inner, requests, round_index)
 
 
 def on_backend(generator: Generator, cfg: RunConfig) -> Generator:
@@ -62,10 +94,9 @@ def scorer_on_backend(cfg: RunConfig) -> Callable[..., pd.DataFrame]:
     same function with its forward passes on the actor pool
     (:func:`~utilgen.scale.valuation.score_samples_on_ray`), which gives the same scores."""
     if cfg.loop.backend == "ray":
-        from utilgen.scale.executor import RayExecutor
         from utilgen.scale.valuation import score_samples_on_ray
 
-        return partial(score_samples_on_ray, RayExecutor(cfg.ray))
+        return partial(score_samples_on_ray, shared_executor(cfg.ray))
     from utilgen.value import score_samples
 
     return score_samples

@@ -1,20 +1,24 @@
 """``RayExecutor``: a round's generation (and valuation's forward passes, see
-:mod:`utilgen.scale.valuation`) as Ray Data ``map_batches`` over an actor pool.
+:mod:`utilgen.scale.valuation`) on a pool of long-lived Ray actors.
 
 Generation:
 
 1. the requests are cut into shards that start where the local generator starts a batch
    (:mod:`utilgen.scale.shards`), so each sample is made in the same batch as locally;
-2. the generator and the shards go into the object store once;
-3. a dataset of shard indices is mapped by ``ray.actors`` :class:`GenerateShards` actors
-   (one generator each, ``num_cpus_per_actor`` CPUs and torch threads, ``num_gpus_per_actor``
-   GPUs), with ``preserve_order`` so results come back in request order;
-4. the driver iterates the results as they stream in and yields ``Sample`` objects; the
-   caller (the loop) is the only writer of the pool.
+2. the generator goes into the object store once per call; each actor fetches it once;
+3. shards go to whichever actor is idle, one call in flight per actor (a shard is seconds
+   to minutes of work; an actor holding a queue would keep it from an idle one);
+4. the driver yields the samples in request order as the shards finish; the caller (the
+   loop) is the only writer of the pool.
 
-An actor that dies is restarted by Ray (``ray.max_restarts``) and its unfinished batch
-re-run on it (``ray.max_task_retries``); a batch's rows come back once, from the run that
-finished, so nothing is lost or yielded twice.
+The actors outlive the call. Ray Data's ``map_batches`` builds a new actor pool for every
+dataset, and on a 2-core machine starting one (a process that imports torch, diffusers and
+utilgen, then receives the model) took 13-17 s per round; the executor's actors start once
+and serve every round and every stage of the run (benchmarks/RESULTS.md, "scaling.py").
+
+An actor that dies is restarted by Ray (``ray.max_restarts``) and its unfinished call re-run
+on it (``ray.max_task_retries``); a call's rows come back once, from the run that finished,
+so nothing is lost or yielded twice.
 """
 
 from __future__ import annotations
@@ -22,23 +26,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from utilgen.config.scale import RayConfig
 from utilgen.errors import UtilgenError
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.pool import Sample
-from utilgen.scale.actors import KILL_ONCE_ENV, GenerateShards, rows_to_samples
+from utilgen.progress import progress_bar
+from utilgen.scale.actors import KILL_ONCE_ENV, Worker, rows_to_samples
 from utilgen.scale.cluster import ClusterInfo, RayBackendError, connect, import_ray
 from utilgen.scale.shards import plan_shards
 
-if TYPE_CHECKING:
-    from ray.data import Dataset
-
 log = logging.getLogger(__name__)
+
+Call = Callable[[Any], Any]
+"""Given an actor handle, submit one call on it and return its ObjectRef."""
 
 
 def _generator_device(generator: Generator) -> str:
@@ -56,22 +60,13 @@ def _user_error(err: BaseException) -> UtilgenError | None:
     return None
 
 
-def _remote_args(cfg: RayConfig) -> dict[str, Any]:
-    """Ray's actor options for the pool: restarts and retries of a dead actor's batch."""
-    args: dict[str, Any] = {"max_restarts": cfg.max_restarts}
-    # A retry runs on the restarted actor: with restarts off there is nothing to retry on
-    # (Ray Data leaves max_task_retries unset then, too).
-    if cfg.max_restarts != 0:
-        args["max_task_retries"] = cfg.max_task_retries
-    return args
-
-
 class RayExecutor:
     """Runs generation and valuation on a Ray cluster (``loop.backend=ray``).
 
-    Construction joins the cluster at ``cfg.address`` (or starts a local Ray) and checks
-    that it can hold the actor pool. Use it as a context manager, or call :meth:`shutdown`,
-    to stop a local Ray it started; a cluster it joined is left running.
+    Construction joins the cluster at ``cfg.address`` (or starts a local one) and checks
+    that it can hold the actor pool; the actors start on the first call and stay for the
+    next ones. Use it as a context manager, or call :meth:`shutdown`, to stop the actors
+    and a local Ray it started; a cluster it joined is left running.
 
     Raises:
         RayBackendError: Ray is not installed, the address does not answer, or the cluster
@@ -82,6 +77,9 @@ class RayExecutor:
         self.cfg = cfg
         self.cluster: ClusterInfo = connect(cfg)
         self._check_resources()
+        self._job = import_ray().get_runtime_context().get_job_id()
+        self._actors: list[Any] = []
+        self.actor_startup_seconds = 0.0
 
     def _check_resources(self) -> None:
         cfg, have = self.cfg, self.cluster.resources
@@ -104,10 +102,27 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
+    @property
+    def alive(self) -> bool:
+        """False once Ray was shut down under the executor (its actors went with it)."""
+        ray = import_ray()
+        return ray.is_initialized() and ray.get_runtime_context().get_job_id() == self._job
+
+    @property
+    def started(self) -> bool:
+        """True while the executor's actors are up (from the first call to shutdown)."""
+        return bool(self._actors)
+
     def shutdown(self) -> None:
-        """Stop the local Ray this executor started (a joined cluster keeps running)."""
+        """Stop the actors, and the local Ray this executor started (a joined cluster keeps
+        running)."""
+        ray = import_ray()
+        if ray.is_initialized():
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors = []
         if self.cluster.started_here:
-            import_ray().shutdown()
+            ray.shutdown()
 
     @property
     def actor_device(self) -> str:
@@ -123,54 +138,65 @@ class RayExecutor:
                 "the actors none: set ray.num_gpus_per_actor=1 or loop.device=cpu"
             )
 
-    def map_actors(
-        self,
-        rows: list[dict[str, Any]],
-        udf: type,
-        constructor_args: tuple[Any, ...],
-        constructor_kwargs: dict[str, Any],
-    ) -> Dataset:
-        """The dataset of ``rows`` mapped one row per call by a pool of ``udf`` actors
-        (``udf(*constructor_args, **constructor_kwargs)`` each), in row order.
+    def actors(self) -> list[Any]:
+        """The pool's actor handles, started (and waited for) on first use.
 
-        Each actor reserves ``num_cpus_per_actor`` CPUs and ``num_gpus_per_actor`` GPUs;
-        a dead actor is restarted and its batch retried per ``max_restarts`` and
-        ``max_task_retries``. Nothing runs until the dataset is iterated.
+        Each reserves ``num_cpus_per_actor`` CPUs and ``num_gpus_per_actor`` GPUs; a dead
+        actor is restarted and its call retried per ``max_restarts`` and
+        ``max_task_retries``.
+        """
+        if self._actors:
+            return self._actors
+        ray = import_ray()
+        cfg = self.cfg
+        options: dict[str, Any] = {
+            "num_cpus": cfg.num_cpus_per_actor,
+            "num_gpus": cfg.num_gpus_per_actor,
+            "max_restarts": cfg.max_restarts,
+        }
+        # A retry runs on the restarted actor: with restarts off there is nothing to retry on.
+        if cfg.max_restarts != 0:
+            options["max_task_retries"] = cfg.max_task_retries
+        remote = ray.remote(**options)(Worker)
+        started = time.perf_counter()
+        actors = [
+            remote.remote(threads=cfg.num_cpus_per_actor, device=self.actor_device)
+            for _ in range(cfg.actors)
+        ]
+        ray.get([actor.pid.remote() for actor in actors])  # constructors done, imports too
+        self.actor_startup_seconds = time.perf_counter() - started
+        log.info("ray: %d actor(s) started in %.1f s", len(actors), self.actor_startup_seconds)
+        self._actors = actors
+        return actors
+
+    def map_ordered(self, calls: Sequence[Call]) -> Iterator[Any]:
+        """The results of ``calls``, in order, each submitted on an idle actor of the pool.
+
+        Each actor has one call in flight; the next call goes to whichever actor finishes
+        first. At most two calls per actor are in flight or finished but not yet yielded,
+        so the driver's memory stays bounded however many calls there are.
         """
         ray = import_ray()
-        from ray.data import ActorPoolStrategy, DataContext
-
-        from utilgen.progress import is_quiet
-
-        cfg = self.cfg
-        context = DataContext.get_current()
-        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-        try:
-            # A dataset snapshots the context when it is created: order and bars are set
-            # for this one only, then the caller's settings come back.
-            context.execution_options.preserve_order = True
-            context.enable_progress_bars = not is_quiet()
-            with warnings.catch_warnings():
-                # Ray 2.60 flags every extra remote argument as deprecated, but actor
-                # restarts and task retries have no named parameter yet.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return ray.data.from_items(rows).map_batches(
-                    udf,
-                    batch_size=1,
-                    fn_constructor_args=constructor_args,
-                    fn_constructor_kwargs=constructor_kwargs,
-                    batch_format="numpy",
-                    # One call in flight per actor: a row is seconds to minutes of work,
-                    # and an actor that queued several would keep them from an idle one.
-                    compute=ActorPoolStrategy(
-                        size=min(cfg.actors, len(rows)), max_tasks_in_flight_per_actor=1
-                    ),
-                    num_cpus=cfg.num_cpus_per_actor,
-                    num_gpus=cfg.num_gpus_per_actor or None,
-                    **_remote_args(cfg),
-                )
-        finally:
-            context.execution_options.preserve_order, context.enable_progress_bars = saved
+        actors = self.actors()
+        window = 2 * len(actors)
+        idle = list(reversed(actors))
+        running: dict[Any, tuple[int, Any]] = {}  # ref -> (call index, actor)
+        done: dict[int, Any] = {}
+        submitted = returned = 0
+        with user_errors_from_actors():
+            while returned < len(calls):
+                while idle and submitted < len(calls) and submitted < returned + window:
+                    actor = idle.pop()
+                    running[calls[submitted](actor)] = (submitted, actor)
+                    submitted += 1
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    index, actor = running.pop(ref)
+                    done[index] = ray.get(ref)
+                    idle.append(actor)
+                while returned in done:
+                    yield done.pop(returned)
+                    returned += 1
 
     def generate(
         self,
@@ -208,23 +234,20 @@ class RayExecutor:
     ) -> Iterator[Sample]:
         ray = import_ray()
         started = time.perf_counter()
-        dataset = self.map_actors(
-            [{"shard": i} for i in range(len(shards))],
-            GenerateShards,
-            (ray.put(generator), ray.put(shards)),
-            {
-                "round_index": round_index,
-                "threads": self.cfg.num_cpus_per_actor,
-                "device": self.actor_device,
-                "kill_marker": os.environ.get(KILL_ONCE_ENV) or None,
-            },
-        )
+        holder = [ray.put(generator)]  # in a list: the actors get the reference, not a copy
+        kill_marker = os.environ.get(KILL_ONCE_ENV) or None
+
+        def call(shard: list[GenerationRequest]) -> Call:
+            return lambda actor: actor.generate.remote(holder, shard, round_index, kill_marker)
+
+        total = sum(r.num_outputs for shard in shards for r in shard)
         n = 0
-        with user_errors_from_actors():
-            for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        with progress_bar(f"generating on {self.cfg.actors} Ray actor(s)", total) as advance:
+            for table in self.map_ordered([call(shard) for shard in shards]):
                 for sample in rows_to_samples(table):
                     n += 1
                     yield sample
+                advance(table.num_rows)
         log.info("ray: %d sample(s) in %.1f s", n, time.perf_counter() - started)
 
 

@@ -1,10 +1,11 @@
 """Valuation on Ray: the task model's logits of every candidate, computed by an actor pool.
 
 The output scores (``marginal``, ``margin``, ``entropy``, ``loss``) are functions of one
-forward pass per sample, so that pass is what the actors share out: each actor holds a copy
-of the task model and returns the logits of contiguous slices of the candidates. A slice
-starts on a multiple of the model's ``eval_batch_size``, so each sample is forwarded in the
-very batch it would be locally, and the scores equal the local ones bit for bit.
+forward pass per sample, so that pass is what the actors share out: each actor fetches the
+task model once and returns the logits of the contiguous slices of the candidates it is
+sent. A slice starts on a multiple of the model's ``eval_batch_size``, so each sample is
+forwarded in the very batch it would be locally, and the scores equal the local ones bit
+for bit.
 
 The other scores need the whole set at once (VoG and the composite normalise per class, the
 meta weight net trains on every sample) and run in the driver as before.
@@ -17,17 +18,14 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from utilgen.config.valuation import ValuationConfig
 from utilgen.data.labelled import Item, LabelledData
-from utilgen.scale.actors import resolved
 from utilgen.scale.cluster import import_ray
-from utilgen.scale.executor import RayExecutor, user_errors_from_actors
+from utilgen.scale.executor import Call, RayExecutor
 from utilgen.task import TaskModel
 from utilgen.value import score_samples
 from utilgen.value.base import check_data
@@ -45,34 +43,6 @@ def slice_bounds(n: int, eval_batch_size: int, slice_rows: int) -> list[tuple[in
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-class LogitSlices:
-    """A Ray Data callable class: the actor's copy of the task model and the items.
-
-    Args:
-        model: the task model (an ObjectRef to it, or the object), on the CPU or on
-            ``device``.
-        items: every candidate item (an ObjectRef, or the sequence).
-        threads: torch threads in this actor.
-        device: "cpu", or "cuda" when the actor holds a GPU.
-    """
-
-    def __init__(self, model: Any, items: Any, *, threads: int, device: str) -> None:
-        torch.set_num_threads(threads)
-        self.model: TaskModel = resolved(model)
-        if device != "cpu":
-            self.model.module().to(device)
-            self.model.device = torch.device(device)
-        self.items: Sequence[Item] = resolved(items)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``{"logits": (rows, classes) float32}`` of the slices in ``batch``, in order."""
-        parts = [
-            self.model.logits(self.items[int(start) : int(stop)])
-            for start, stop in zip(batch["start"], batch["stop"], strict=True)
-        ]
-        return {"logits": np.concatenate(parts)}
-
-
 def ray_logits(executor: RayExecutor, model: TaskModel, items: Sequence[Item]) -> np.ndarray:
     """``model.logits(items)``, float32 (n, classes), computed by ``executor``'s actor pool
     equal to the local result."""
@@ -84,14 +54,13 @@ def ray_logits(executor: RayExecutor, model: TaskModel, items: Sequence[Item]) -
     if not bounds:
         return np.zeros((0, model.num_classes), dtype=np.float32)
     started = time.perf_counter()
-    dataset = executor.map_actors(
-        [{"start": start, "stop": stop} for start, stop in bounds],
-        LogitSlices,
-        (ray.put(model), ray.put(items)),
-        {"threads": cfg.num_cpus_per_actor, "device": executor.actor_device},
-    )
-    with user_errors_from_actors():
-        parts = [b["logits"] for b in dataset.iter_batches(batch_size=None, batch_format="numpy")]
+    holder = [ray.put(model)]  # in a list: the actors get the reference, not a copy
+
+    def call(start: int, stop: int) -> Call:
+        chunk = list(items[start:stop])
+        return lambda actor: actor.logits.remote(holder, chunk)
+
+    parts = list(executor.map_ordered([call(start, stop) for start, stop in bounds]))
     logits = np.concatenate(parts)
     log.info("ray: logits of %d item(s) in %.1f s", len(items), time.perf_counter() - started)
     return logits
