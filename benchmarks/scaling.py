@@ -20,7 +20,7 @@ Targets (per workload): 2 actors >= 1.6x the throughput of 1 actor, and 1 actor 
 slower than local (overhead = local throughput / Ray throughput - 1). The headline takes the
 worst workload:
 
-    .venv/bin/python benchmarks/scaling.py [--rounds 2] [--per-class 60] [--items 256]
+    .venv/bin/python benchmarks/scaling.py [--rounds 3] [--per-class 60] [--items 256]
 
 Last line ``ray_speedup_2=<x> ray_overhead_1=<x>``; exit 1 when a target is missed.
 """
@@ -137,7 +137,7 @@ def run_valuation(model: TaskModel, rounds: list[list[Item]], executor: RayExecu
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=60, help="images per class and round")
     parser.add_argument("--items", type=int, default=256, help="images valued per round")
     args = parser.parse_args()
@@ -175,16 +175,18 @@ def main() -> int:
     try:
         for workload, fn in workloads.items():
             for backend, actors in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
+                startup = ""
                 if actors:
                     with RayExecutor(RayConfig(actors=actors)) as executor:
                         n, seconds = _time(lambda: fn(executor))  # noqa: B023
+                        startup = f" (actors started in {executor.actor_startup_seconds:.1f} s)"
                 else:
                     n, seconds = _time(lambda: fn(None))  # noqa: B023
                 timing = Timing(workload, backend, n, seconds)
                 timings.append(timing)
                 print(
                     f"{workload:<10} {backend:<6} {n:>5} samples {seconds:7.1f} s "
-                    f"{timing.throughput:8.2f}/s  load_average={os.getloadavg()[0]:.1f}"
+                    f"{timing.throughput:8.2f}/s  load_average={os.getloadavg()[0]:.1f}{startup}"
                 )
     finally:
         ray.shutdown()

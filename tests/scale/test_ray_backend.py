@@ -21,6 +21,7 @@ from tiny_builtin import tiny_generator
 from tiny_lm import tiny_llama
 
 from utilgen.config import RayConfig, TaskConfig, TextFilterConfig, ValuationConfig
+from utilgen.config.valuation import MetaWeightConfig
 from utilgen.data.bundled import load_digits
 from utilgen.data.labelled import Item
 from utilgen.generate import GenerationRequest, Generator
@@ -30,7 +31,7 @@ from utilgen.pool import COLUMNS, PoolStore, Sample
 from utilgen.scale import RayBackendError, RayExecutor, RayGenerator, valuation
 from utilgen.scale.actors import KILL_ONCE_ENV
 from utilgen.scale.valuation import score_samples_on_ray
-from utilgen.task import TaskModel, build_task_model
+from utilgen.task import TaskModel, build_task_model, train
 from utilgen.value import score_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session", "quiet_one_thread")]
@@ -222,20 +223,28 @@ def _accuracies(metrics_json: str) -> tuple[float, float]:
     return metrics["val_accuracy"], metrics["test"]["accuracy"]
 
 
-def test_valuation_on_ray_gives_the_local_scores() -> None:
-    """Output scores from logits the actors compute over slices of whole eval batches, the
-    rest in the driver: the table equals ``score_samples``'s, bit for bit."""
+def test_valuation_on_ray_gives_the_local_scores(tmp_path: Path) -> None:
+    """Every score: the per-sample passes (logits, embeddings, input gradients at each
+    checkpoint) on the actors over slices of whole batches, the rest in the driver. The
+    table equals ``score_samples``'s, bit for bit."""
     digits = load_digits()
     real, candidates = digits.subset(range(0, 200)), digits.subset(range(200, 290))
-    cfg = TaskConfig(model="small-cnn", image_size=8, epochs=1, batch_size=32)
+    cfg = TaskConfig(model="small-cnn", image_size=8, epochs=3, batch_size=32)
     model = build_task_model(cfg, "image", 10, real.items[:1], "cpu", 0)
+    trained = train(model, real, cfg, checkpoint_dir=tmp_path, seed=0, progress=lambda n: None)
     model.eval_batch_size = 16  # type: ignore[attr-defined]
-    scores = ValuationConfig(scores=["loss", "similarity", "marginal", "entropy"])
-    local = score_samples(scores, model, candidates, real_train=real)
-    with RayExecutor(RayConfig(actors=2, batch_size=20)) as executor:  # slices of 32: 3
-        remote = score_samples_on_ray(executor, scores, model, candidates, real_train=real)
+    names = ["loss", "similarity", "vog", "marginal", "composite", "entropy", "meta_weight"]
+    meta = MetaWeightConfig(epochs=1, meta_per_class=2)
+    scores = ValuationConfig(scores=names, batch_size=12, meta_weight=meta)
+    checkpoints = list(trained.checkpoints)
+    local = score_samples(scores, model, candidates, checkpoints=checkpoints, real_train=real)
+    with RayExecutor(RayConfig(actors=2, batch_size=20)) as executor:  # slices of 32 / 24
+        remote = score_samples_on_ray(
+            executor, scores, model, candidates, checkpoints=checkpoints, real_train=real
+        )
     pd.testing.assert_frame_equal(remote, local)
-    assert list(remote.columns) == ["id", "loss", "similarity", "marginal", "entropy"]
+    assert list(remote.columns) == ["id", *names]
+    assert remote[names].std().gt(0).all()  # real scores, not constants
 
 
 def test_a_pool_larger_than_the_cluster_is_refused_in_one_line() -> None:

@@ -146,3 +146,30 @@ class Worker:
         """``logits(items)`` of the task model in ``model[0]`` (a reference), float32."""
         task_model: TaskModel = self._model("task_model", model)
         return task_model.logits(items)
+
+    def embed(self, model: Sequence[Any], items: Sequence[Item]) -> np.ndarray:
+        """``embed(items)`` of the task model in ``model[0]`` (a reference)."""
+        task_model: TaskModel = self._model("task_model", model)
+        return task_model.embed(items)
+
+    def raw_vog(
+        self,
+        checkpoints: Sequence[Any],
+        items: Sequence[Item],
+        labels: np.ndarray,
+        chunk: int,
+    ) -> np.ndarray:
+        """Raw VoG, float64, of ``items`` under the task model at each checkpoint
+        (``checkpoints``: references to the model with each checkpoint's weights, in
+        training order), in chunks of ``chunk`` samples as ``VoG.raw`` makes them."""
+        from utilgen.task.torch_task_model import chunks
+        from utilgen.value.vog import vog_of_gradients
+
+        models: list[TaskModel] = [
+            self._model(f"vog_checkpoint_{k}", [ref]) for k, ref in enumerate(checkpoints)
+        ]
+        out = np.zeros(len(items), dtype=np.float64)
+        for part in chunks(len(items), chunk):
+            grads = [m.input_gradients(items[part], labels[part]) for m in models]
+            out[part] = vog_of_gradients(grads, models[0].modality)
+        return out

@@ -77,6 +77,14 @@ def variance_of_gradients(gradients: np.ndarray, mask: np.ndarray | None = None)
     return np.divide(totals, counts, out=np.zeros(n), where=counts > 0)
 
 
+def vog_of_gradients(per_checkpoint: Sequence[np.ndarray], modality: str) -> np.ndarray:
+    """Raw VoG, float64 (n,), of samples whose input gradients at each checkpoint (in
+    training order) are ``per_checkpoint``; text gradients are masked to real tokens."""
+    grads = np.stack(per_checkpoint)
+    mask = token_mask(grads)[:, :, None] if modality == "text" else None
+    return variance_of_gradients(grads, mask)
+
+
 def class_normalize(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(v - mean_c) / std_c within each label's class, float64 (n,); 0 for a class whose
     values are all equal (tested exactly: a float mean of equal values may differ from them
@@ -162,11 +170,7 @@ class VoG:
                 for path in self.checkpoints:
                     load_checkpoint(model, path)
                     per_checkpoint.append(model.input_gradients(items, labels))
-                grads = np.stack(per_checkpoint)
-                mask = None
-                if model.modality == "text":
-                    mask = token_mask(grads)[:, :, None]
-                out[part] = variance_of_gradients(grads, mask)
+                out[part] = vog_of_gradients(per_checkpoint, model.modality)
                 advance(len(items))
         return out
 
