@@ -1,26 +1,28 @@
 """Throughput of generation and valuation on the local backend and on Ray with 1 and 2 CPU
 actors, side by side in one run (issue 10 acceptance).
 
-Workloads, each repeated for ``--rounds`` rounds (a run's rounds reuse one executor, as
-``utilgen run`` does):
+Each of ``--rounds`` rounds does what a round of ``utilgen run`` does, on every backend:
 
 - generation: the built-in diffusion generator on digits (the demo's settings; taken from
   the utilgen cache, or trained once before any timing), ``--per-class`` images per class
   and round, each round with its own seeds;
-- valuation: the forward pass behind the output scores (``ray_logits`` / ``model.logits``)
-  of an EfficientNet-Lite0 task model over ``--items`` digit images per round.
+- valuation: GenDataAgent's scores, the marginal p(y|x) and VoG over the task model's last
+  3 checkpoints (``score_samples`` / ``score_samples_on_ray``), of an EfficientNet-Lite0
+  task model (ImageNet weights, 64 px inputs to fit a CPU budget, head trained 3 epochs on
+  64 digits) over ``--items`` digit images per round.
 
-Every configuration runs one torch thread per worker: the local backend in this process,
-each Ray actor in its own (``ray.num_cpus_per_actor=1``). One local Ray with 2 CPUs serves
-all Ray configurations; its ``ray.init`` time is printed but not counted, since a run pays
-it once and a cluster user not at all. Everything else is counted: starting the actor pool,
-shipping the model, and streaming the results back.
+Every backend runs one torch thread per worker: the local backend in this process, each Ray
+actor in its own (``ray.num_cpus_per_actor=1``). Each Ray backend keeps one executor for all
+its rounds and both workloads, as a run does; its actors start inside round 1's generation
+and that time counts. ``ray.init`` of the local Ray is printed but not counted (a run pays
+it once, a cluster user not at all). The backends take turns round by round, in alternating
+order, so a change in the machine's load falls on all of them.
 
 Targets (per workload): 2 actors >= 1.6x the throughput of 1 actor, and 1 actor at most 15 %
 slower than local (overhead = local throughput / Ray throughput - 1). The headline takes the
 worst workload:
 
-    .venv/bin/python benchmarks/scaling.py [--rounds 3] [--per-class 60] [--items 256]
+    .venv/bin/python benchmarks/scaling.py [--rounds 3] [--per-class 60] [--items 512]
 
 Last line ``ray_speedup_2=<x> ray_overhead_1=<x>``; exit 1 when a target is missed.
 """
@@ -30,43 +32,52 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from utilgen.config import BuiltinDiffusionConfig, DataConfig, RayConfig, TaskConfig
+from utilgen.config.valuation import ValuationConfig
 from utilgen.data import load_data, split_for_config
-from utilgen.data.labelled import Item
+from utilgen.data.labelled import LabelledData
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.builtin import builtin_class_requests, prepare_builtin_generator
 from utilgen.progress import set_quiet
 from utilgen.scale import RayExecutor
-from utilgen.scale.valuation import ray_logits
-from utilgen.task import TaskModel, build_task_model
+from utilgen.scale.valuation import score_samples_on_ray
+from utilgen.task import TaskModel, build_task_model, train
+from utilgen.value import score_samples
 
+WORKLOADS = ("generation", "valuation")
 SPEEDUP_TARGET = 1.6
 OVERHEAD_TARGET = 0.15
 SEED = 0
 # The demo's digits generator (src/utilgen/loop/demo.py): same cache entry.
 BUILTIN = BuiltinDiffusionConfig(train_batch_size=32)
+TASK = TaskConfig(model="efficientnet-lite0", image_size=64, epochs=3)
+SCORES = ValuationConfig(scores=["marginal", "vog"])
 
 
-@dataclass(frozen=True)
-class Timing:
-    """One configuration's run of one workload."""
+BACKENDS = ("local", "ray-1", "ray-2")
 
-    workload: str
-    backend: str  # "local", "ray-1", "ray-2"
-    samples: int
-    seconds: float
 
-    @property
-    def throughput(self) -> float:
-        return self.samples / self.seconds
+@dataclass
+class Totals:
+    """One backend's samples and seconds per workload, summed over the rounds."""
+
+    samples: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKLOADS, 0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(WORKLOADS, 0.0))
+
+    def throughput(self, workload: str) -> float:
+        return self.samples[workload] / self.seconds[workload]
 
 
 def _generator(data_cfg: DataConfig) -> tuple[Generator, list[str]]:
@@ -84,17 +95,19 @@ def _generator(data_cfg: DataConfig) -> tuple[Generator, list[str]]:
     return generator, list(splits.train.class_names)
 
 
-def _task_model(data_cfg: DataConfig) -> tuple[TaskModel, list[Item]]:
+def _task_model(data_cfg: DataConfig, checkpoint_dir: Path) -> tuple[TaskModel, list[Path]]:
+    """The valued model and its 3 epoch checkpoints (VoG's inputs)."""
     data = load_data(data_cfg)
-    model = build_task_model(
-        TaskConfig(model="efficientnet-lite0"),
-        "image",
-        data.num_classes,
-        data.items[:4],
-        "cpu",
+    model = build_task_model(TASK, "image", data.num_classes, data.items[:4], "cpu", seed=SEED)
+    trained = train(
+        model,
+        data.subset(range(64)),
+        TASK,
+        checkpoint_dir=checkpoint_dir,
         seed=SEED,
+        progress=lambda n: None,
     )
-    return model, list(data.items)
+    return model, list(trained.checkpoints)
 
 
 def _rounds_of_requests(
@@ -108,38 +121,30 @@ def _rounds_of_requests(
     ]
 
 
-def _time(fn: Callable[[], int]) -> tuple[int, float]:
-    started = time.perf_counter()
-    n = fn()
-    return n, time.perf_counter() - started
-
-
-def run_generation(
-    generator: Generator, rounds: list[list[GenerationRequest]], executor: RayExecutor | None
+def generate_round(
+    generator: Generator, requests: list[GenerationRequest], r: int, ex: RayExecutor | None
 ) -> int:
-    n = 0
-    for r, requests in enumerate(rounds, start=1):
-        if executor is None:
-            made = generator.generate(requests, round_index=r, progress=False)
-        else:
-            made = executor.generate(generator, requests, r)
-        n += sum(1 for _ in made)
-    return n
+    made = (
+        generator.generate(requests, round_index=r, progress=False)
+        if ex is None
+        else ex.generate(generator, requests, r)
+    )
+    return sum(1 for _ in made)
 
 
-def run_valuation(model: TaskModel, rounds: list[list[Item]], executor: RayExecutor | None) -> int:
-    n = 0
-    for items in rounds:
-        logits = model.logits(items) if executor is None else ray_logits(executor, model, items)
-        n += len(logits)
-    return n
+def value_round(
+    model: TaskModel, checkpoints: list[Path], data: LabelledData, ex: RayExecutor | None
+) -> int:
+    if ex is None:
+        return len(score_samples(SCORES, model, data, checkpoints=checkpoints))
+    return len(score_samples_on_ray(ex, SCORES, model, data, checkpoints=checkpoints))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=60, help="images per class and round")
-    parser.add_argument("--items", type=int, default=256, help="images valued per round")
+    parser.add_argument("--items", type=int, default=512, help="images valued per round")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,10 +156,12 @@ def main() -> int:
     data_cfg = DataConfig(source="digits", k_shot=10)
     generator, class_names = _generator(data_cfg)
     gen_rounds = _rounds_of_requests(class_names, args.per_class, args.rounds)
-    model, items = _task_model(data_cfg)
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="utilgen-scaling-"))
+    model, checkpoints = _task_model(data_cfg, checkpoint_dir)
+    digits = load_data(data_cfg)
     rng = np.random.default_rng(SEED)
     val_rounds = [
-        [items[i] for i in rng.choice(len(items), size=args.items, replace=False)]
+        digits.subset(rng.choice(len(digits), size=args.items, replace=False).tolist())
         for _ in range(args.rounds)
     ]
     print(
@@ -164,41 +171,53 @@ def main() -> int:
     )
 
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # 3 logical CPUs: the 1-actor and the 2-actor pools both stay up, as each would through
+    # a run, but only one backend works at a time (2 cores), so their rounds can alternate.
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     print(f"ray_init_seconds={time.perf_counter() - started:.1f}")
 
-    workloads: dict[str, Callable[[RayExecutor | None], int]] = {
-        "generation": lambda ex: run_generation(generator, gen_rounds, ex),
-        "valuation": lambda ex: run_valuation(model, val_rounds, ex),
-    }
-    timings: list[Timing] = []
+    executors = {"local": None, "ray-1": RayExecutor(RayConfig(actors=1))}
+    executors["ray-2"] = RayExecutor(RayConfig(actors=2))
+    totals = {backend: Totals() for backend in BACKENDS}
     try:
-        for workload, fn in workloads.items():
-            for backend, actors in (("local", 0), ("ray-1", 1), ("ray-2", 2)):
-                startup = ""
-                if actors:
-                    with RayExecutor(RayConfig(actors=actors)) as executor:
-                        n, seconds = _time(lambda: fn(executor))  # noqa: B023
-                        startup = f" (actors started in {executor.actor_startup_seconds:.1f} s)"
-                else:
-                    n, seconds = _time(lambda: fn(None))  # noqa: B023
-                timing = Timing(workload, backend, n, seconds)
-                timings.append(timing)
-                print(
-                    f"{workload:<10} {backend:<6} {n:>5} samples {seconds:7.1f} s "
-                    f"{timing.throughput:8.2f}/s  load_average={os.getloadavg()[0]:.1f}{startup}"
-                )
+        for r in range(1, args.rounds + 1):
+            # Alternate the order (local, 1, 2 / 2, 1, local): a drift in the machine's load
+            # falls on every backend alike.
+            for backend in BACKENDS if r % 2 else tuple(reversed(BACKENDS)):
+                ex = executors[backend]
+                # One round of a run: generate, then value; the actors start inside the
+                # first round's generation (lazily, as in `utilgen run`) and count there.
+                steps: dict[str, Callable[[], int]] = {
+                    "generation": partial(generate_round, generator, gen_rounds[r - 1], r, ex),
+                    "valuation": partial(value_round, model, checkpoints, val_rounds[r - 1], ex),
+                }
+                for workload, step in steps.items():
+                    started = time.perf_counter()
+                    n = step()
+                    seconds = time.perf_counter() - started
+                    totals[backend].samples[workload] += n
+                    totals[backend].seconds[workload] += seconds
+                    print(
+                        f"round {r} {workload:<10} {backend:<6} {n:>5} samples {seconds:6.1f} s "
+                        f"{n / seconds:7.2f}/s  load_average={os.getloadavg()[0]:.1f}"
+                    )
+        for backend in ("ray-1", "ray-2"):
+            started_in = executors[backend].actor_startup_seconds  # type: ignore[union-attr]
+            print(f"{backend}_actor_startup_seconds={started_in:.1f} (in round 1's generation)")
     finally:
         ray.shutdown()
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    by = {(t.workload, t.backend): t for t in timings}
     speedups, overheads = [], []
-    for workload in workloads:
-        local, one, two = (by[(workload, b)].throughput for b in ("local", "ray-1", "ray-2"))
+    for workload in WORKLOADS:
+        local, one, two = (totals[b].throughput(workload) for b in BACKENDS)
         speedup, overhead = two / one, local / one - 1
         speedups.append(speedup)
         overheads.append(overhead)
-        print(f"{workload}_speedup_2={speedup:.2f} {workload}_overhead_1={overhead:.3f}")
+        print(
+            f"{workload}_per_s local={local:.2f} ray_1={one:.2f} ray_2={two:.2f} "
+            f"{workload}_speedup_2={speedup:.2f} {workload}_overhead_1={overhead:.3f}"
+        )
     speedup, overhead = min(speedups), max(overheads)
     print(f"ray_speedup_2={speedup:.2f} ray_overhead_1={overhead:.3f}")
     return 0 if speedup >= SPEEDUP_TARGET and overhead <= OVERHEAD_TARGET else 1

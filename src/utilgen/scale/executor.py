@@ -183,17 +183,24 @@ class RayExecutor:
         running: dict[Any, tuple[int, Any]] = {}  # ref -> (call index, actor)
         done: dict[int, Any] = {}
         submitted = returned = 0
+
+        def submit() -> None:
+            nonlocal submitted
+            while idle and submitted < len(calls) and submitted < returned + window:
+                actor = idle.pop()
+                running[calls[submitted](actor)] = (submitted, actor)
+                submitted += 1
+
         with user_errors_from_actors():
             while returned < len(calls):
-                while idle and submitted < len(calls) and submitted < returned + window:
-                    actor = idle.pop()
-                    running[calls[submitted](actor)] = (submitted, actor)
-                    submitted += 1
+                submit()
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     index, actor = running.pop(ref)
                     done[index] = ray.get(ref)
                     idle.append(actor)
+                # Before the caller gets the results: the actors work while it appends them.
+                submit()
                 while returned in done:
                     yield done.pop(returned)
                     returned += 1
