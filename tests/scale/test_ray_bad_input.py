@@ -29,7 +29,6 @@ def _closed_port() -> int:
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``import ray`` fail as it does where Ray is not installed."""
     monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.setitem(sys.modules, "ray.data", None)
 
 
 @pytest.mark.usefixtures("no_ray")

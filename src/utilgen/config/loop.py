@@ -90,9 +90,9 @@ class LoopConfig(Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
     backend: Backend = Field(
         "local",
-        description="Where generation runs: local (this process) or ray (Ray Data actors, "
-        'set up by the ray section; pip install "utilgen[ray]"). Same seeds give the same '
-        "samples on both.",
+        description="Where generation and valuation run: local (this process) or ray (a pool "
+        'of Ray actors, set up by the ray section; pip install "utilgen[ray]"). Same seeds '
+        "give the same samples and scores on both.",
     )
 
     @model_validator(mode="after")

@@ -1,10 +1,10 @@
 """``ray``: where and how the Ray backend runs generation (``loop.backend=ray``).
 
-With ``loop.backend=ray`` a round's requests become a Ray Data dataset mapped by
-``map_batches`` over a pool of actors, each holding one copy of the round's generator; the
-finished samples stream back to the driver, which alone writes the pool. These settings
-say which cluster, how many actors and what each one reserves. They are read only when
-``loop.backend=ray``.
+With ``loop.backend=ray`` a round's requests are cut into shards that a pool of Ray actors
+generates, each actor holding one copy of the round's generator; the finished samples
+stream back to the driver, which alone writes the pool. Valuation's per-sample passes run on
+the same actors. The actors live as long as the run. These settings say which cluster, how
+many actors and what each one reserves. They are read only when ``loop.backend=ray``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from utilgen.config.section import Section
 
 
 class RayConfig(Section):
-    """The Ray cluster and the actor pool that generates (``loop.backend=ray``)."""
+    """The Ray cluster and the actor pool that generates and values (``loop.backend=ray``)."""
 
     address: str | None = Field(
         None,
@@ -41,9 +41,10 @@ class RayConfig(Section):
     batch_size: int | None = Field(
         None,
         ge=1,
-        description="Outputs (samples) sent to an actor per call; null uses the generator's "
-        "own batch size. Shards always start where the local generator starts a batch, so "
-        "the samples equal the local backend's whatever this is.",
+        description="Samples per actor call: outputs to generate (null: the generator's "
+        "batch size), or samples to value, rounded up to whole batches of the task model "
+        "(null: one batch). Shards always start where the local code starts a batch, so "
+        "samples and scores equal the local backend's whatever this is.",
     )
     max_restarts: int = Field(
         3,

@@ -32,13 +32,12 @@ class RayBackendError(UtilgenError):
 
 
 def import_ray() -> ModuleType:
-    """The ``ray`` module with Ray Data loaded; RayBackendError when it is not installed."""
+    """The ``ray`` module; RayBackendError when it is not installed."""
     try:
         ray = importlib.import_module("ray")
-        importlib.import_module("ray.data")
     except ImportError as err:
         raise RayBackendError(
-            f"loop.backend=ray needs Ray with Ray Data, which is not installed "
+            f"loop.backend=ray needs Ray, which is not installed "
             f"({err.name or err}); run {INSTALL_HINT}, or set loop.backend=local"
         ) from None
     return ray
