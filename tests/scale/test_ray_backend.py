@@ -151,7 +151,7 @@ def test_the_actors_outlive_a_call_and_take_each_calls_generator() -> None:
     assert not executor.started
 
 
-def test_the_run_shares_one_executor_until_ray_stops() -> None:
+def test_a_run_shares_one_executor_and_other_settings_replace_it() -> None:
     from utilgen.scale.backend import shared_executor
 
     executor = shared_executor(RAY)

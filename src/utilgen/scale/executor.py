@@ -60,6 +60,13 @@ def _user_error(err: BaseException) -> UtilgenError | None:
     return None
 
 
+def _session_key() -> tuple[str, str]:
+    """This driver's Ray session: its node and job (a restarted local Ray reuses job ids,
+    but not node ids)."""
+    context = import_ray().get_runtime_context()
+    return context.get_node_id(), context.get_job_id()
+
+
 class RayExecutor:
     """Runs generation and valuation on a Ray cluster (``loop.backend=ray``).
 
@@ -77,7 +84,7 @@ class RayExecutor:
         self.cfg = cfg
         self.cluster: ClusterInfo = connect(cfg)
         self._check_resources()
-        self._job = import_ray().get_runtime_context().get_job_id()
+        self._session = _session_key()
         self._actors: list[Any] = []
         self.actor_startup_seconds = 0.0
 
@@ -105,8 +112,7 @@ class RayExecutor:
     @property
     def alive(self) -> bool:
         """False once Ray was shut down under the executor (its actors went with it)."""
-        ray = import_ray()
-        return ray.is_initialized() and ray.get_runtime_context().get_job_id() == self._job
+        return import_ray().is_initialized() and _session_key() == self._session
 
     @property
     def started(self) -> bool:
