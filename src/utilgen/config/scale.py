@@ -46,6 +46,18 @@ class RayConfig(Section):
         "(null: one batch). Shards always start where the local code starts a batch, so "
         "samples and scores equal the local backend's whatever this is.",
     )
+    train_workers: int = Field(
+        0,
+        ge=0,
+        description="Ray Train workers that train the task model data-parallel (DDP through "
+        "TorchTrainer); 0 trains it in the driver, as the local backend does. task.batch_size "
+        "is the global batch, shared out among the workers.",
+    )
+    train_gpus: bool = Field(
+        False,
+        description="Give each Ray Train worker a GPU (NCCL); false trains on CPUs (gloo) "
+        "with num_cpus_per_actor CPUs each.",
+    )
     max_restarts: int = Field(
         3,
         ge=-1,

@@ -22,8 +22,8 @@ from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
 from utilgen.loop.training_set import build_training_set
 from utilgen.pool import PoolStore, Sample
-from utilgen.scale import on_backend, scorer_on_backend
-from utilgen.task import TaskModel, evaluate, train, train_val_gap
+from utilgen.scale import on_backend, scorer_on_backend, trainer_on_backend
+from utilgen.task import TaskModel, evaluate, train_val_gap
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
 from utilgen.task.fidelity import LabelFidelity, label_fidelity
 
@@ -204,7 +204,7 @@ def run_generation_round(
     # every round's with loop.accumulate, capped by loop.synthetic_ratio), evaluate
     chosen = build_training_set(store, cfg, splits, round_index, out)
     train_data = chosen.data
-    result = train(
+    result = trainer_on_backend(cfg)(
         student,
         train_data,
         cfg.task,

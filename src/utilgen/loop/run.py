@@ -57,12 +57,11 @@ from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.report.html import build_run_html
-from utilgen.scale import check_backend
+from utilgen.scale import check_backend, trainer_on_backend
 from utilgen.task import (
     TaskModel,
     build_task_model,
     evaluate,
-    train,
     train_val_gap,
 )
 
@@ -215,7 +214,7 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
     """Train on the real training split, checkpoint per epoch, evaluate; returns metrics."""
     cfg, splits, model = prepared.config, prepared.splits, prepared.model
     started = time.perf_counter()
-    result = train(
+    result = trainer_on_backend(cfg)(
         model,
         splits.train,
         cfg.task,

@@ -15,6 +15,7 @@ from utilgen.scale.backend import (
     release_shared_executors,
     scorer_on_backend,
     shared_executor,
+    trainer_on_backend,
 )
 from utilgen.scale.cluster import INSTALL_HINT, ClusterInfo, RayBackendError, probe
 from utilgen.scale.executor import RayExecutor
@@ -34,4 +35,5 @@ __all__ = [
     "release_shared_executors",
     "scorer_on_backend",
     "shared_executor",
+    "trainer_on_backend",
 ]

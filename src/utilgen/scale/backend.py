@@ -23,6 +23,7 @@ from utilgen.scale.cluster import connect, import_ray
 
 if TYPE_CHECKING:
     from utilgen.scale.executor import RayExecutor
+    from utilgen.task.train import TrainResult
 
 
 _EXECUTORS: dict[str, RayExecutor] = {}
@@ -100,6 +101,19 @@ def scorer_on_backend(cfg: RunConfig) -> Callable[..., pd.DataFrame]:
     from utilgen.value import score_samples
 
     return score_samples
+
+
+def trainer_on_backend(cfg: RunConfig) -> Callable[..., TrainResult]:
+    """:func:`~utilgen.task.train` for the task model, or, with ``loop.backend=ray`` and
+    ``ray.train_workers >= 1``, the same training data-parallel on Ray Train
+    (:func:`~utilgen.scale.train.train_on_ray`)."""
+    if cfg.loop.backend == "ray" and cfg.ray.train_workers:
+        from utilgen.scale.train import train_on_ray
+
+        return partial(train_on_ray, cfg.ray)
+    from utilgen.task import train
+
+    return train
 
 
 def check_backend(cfg: RunConfig) -> None:

@@ -126,7 +126,9 @@ def connect(cfg: RayConfig) -> ClusterInfo:
         # ray.address=null promises a private local Ray.
         kwargs.update(
             address="local",
-            num_cpus=cfg.actors * cfg.num_cpus_per_actor,
+            # The actor pool and the training workers never run at once (training stops
+            # the pool first), so the larger of the two sets the size.
+            num_cpus=max(cfg.actors, cfg.train_workers) * cfg.num_cpus_per_actor,
             num_gpus=None if cfg.num_gpus_per_actor else 0,
         )
     else:
