@@ -37,12 +37,11 @@ from utilgen.config import TaskConfig
 from utilgen.config.scale import RayConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.determinism import seed_everything
-from utilgen.errors import UtilgenError
 from utilgen.task.base import TaskModel
 from utilgen.task.checkpoint import checkpoint_name
-from utilgen.task.epoch_order import epoch_order, id_keys
-from utilgen.task.torch_task_model import check_labels, chunks
-from utilgen.task.train import Advance, TrainResult, check_weights
+from utilgen.task.epoch_order import epoch_order
+from utilgen.task.torch_task_model import chunks
+from utilgen.task.train import Advance, TrainResult, training_inputs
 from utilgen.task.weighted_loss import weighted_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -148,19 +147,8 @@ def train_on_ray(
     from utilgen.scale.cluster import connect, import_ray
 
     started = time.perf_counter()
-    if train.modality != model.modality:
-        raise UtilgenError(
-            f"the {model.kind} task model classifies {model.modality}s but the training data "
-            f"holds {train.modality}s; choose a task.model for {train.modality}s"
-        )
-    labels = check_labels(train.labels, len(train), model.num_classes)
-    sample_weights = check_weights(weights, len(train))
-    kept = np.flatnonzero(sample_weights > 0)
-    if len(kept) == 0:
-        raise UtilgenError("nothing to train on: every training sample has weight 0")
-    if val is not None:
-        check_labels(val.labels, len(val), model.num_classes)
-        val = val if len(val) else None
+    inputs = training_inputs(model, train, weights, val, seed)
+    val = inputs.val
 
     ray = import_ray()
     connect(ray_cfg)
@@ -168,12 +156,7 @@ def train_on_ray(
     # between rounds; the next round starts them again.
     release_shared_executors()
     workers = ray_cfg.train_workers
-    data = (
-        [train.items[i] for i in kept],
-        labels[kept],
-        sample_weights[kept],
-        id_keys([train.ids[i] for i in kept], seed),
-    )
+    data = (inputs.items, inputs.labels, inputs.weights, inputs.keys)
     # Ray Train's own copies, next to the checkpoints; cleared first, so that a round
     # trained again (a resumed run) reports only its own epochs.
     root = Path(checkpoint_dir).resolve().parent if checkpoint_dir else Path(tempfile.mkdtemp())
@@ -219,7 +202,7 @@ def train_on_ray(
                     "train_loss": float(metrics["train_loss"]),
                     "val_accuracy": metrics.get("val_accuracy"),
                     "seed": seed,
-                    "n_trained": len(kept),
+                    "n_trained": len(inputs.items),
                     "train_workers": workers,
                 },
             )
@@ -232,6 +215,6 @@ def train_on_ray(
         train_loss=losses,
         val_accuracy=accuracies,
         checkpoints=tuple(checkpoints),
-        n_trained=len(kept),
+        n_trained=len(inputs.items),
         seconds=time.perf_counter() - started,
     )

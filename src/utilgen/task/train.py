@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from utilgen.config import TaskConfig
-from utilgen.data.labelled import LabelledData
+from utilgen.data.labelled import Item, LabelledData
 from utilgen.determinism import seed_everything
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
@@ -77,6 +77,56 @@ def check_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What training visits, checked: the samples with a non-zero weight, their labels,
+    weights and visiting-order keys, and the validation data (None when empty)."""
+
+    items: list[Item]
+    labels: np.ndarray
+    weights: np.ndarray
+    keys: np.ndarray
+    val: LabelledData | None
+
+
+def training_inputs(
+    model: TaskModel,
+    train: LabelledData,
+    weights: np.ndarray | None,
+    val: LabelledData | None,
+    seed: int,
+) -> TrainingInputs:
+    """The checked inputs of :func:`train` (also Ray Train's, see ``utilgen.scale.train``).
+
+    Zero-weight samples are left out here: their influence is removed exactly, not scaled
+    to 0.
+
+    Raises:
+        UtilgenError: modality mismatch, or no sample with a non-zero weight.
+        ValueError: labels outside the model's classes, or invalid weights.
+    """
+    if train.modality != model.modality:
+        raise UtilgenError(
+            f"the {model.kind} task model classifies {model.modality}s but the training data "
+            f"holds {train.modality}s; choose a task.model for {train.modality}s"
+        )
+    labels = check_labels(train.labels, len(train), model.num_classes)
+    sample_weights = check_weights(weights, len(train))
+    if val is not None:
+        check_labels(val.labels, len(val), model.num_classes)
+        val = val if len(val) else None
+    kept = np.flatnonzero(sample_weights > 0)
+    if len(kept) == 0:
+        raise UtilgenError("nothing to train on: every training sample has weight 0")
+    return TrainingInputs(
+        items=[train.items[i] for i in kept],
+        labels=labels[kept],
+        weights=sample_weights[kept],
+        keys=id_keys([train.ids[i] for i in kept], seed),
+        val=val,
+    )
+
+
 @contextmanager
 def _epoch_progress(description: str, total: int, progress: Advance | None) -> Iterator[Advance]:
     if progress is not None:
@@ -123,25 +173,15 @@ def train(
         ValueError: labels outside the model's classes, or invalid weights.
     """
     started = time.perf_counter()
-    # 1. check inputs
-    if train.modality != model.modality:
-        raise UtilgenError(
-            f"the {model.kind} task model classifies {model.modality}s but the training data "
-            f"holds {train.modality}s; choose a task.model for {train.modality}s"
-        )
-    labels = check_labels(train.labels, len(train), model.num_classes)
-    sample_weights = check_weights(weights, len(train))
-    if val is not None:
-        check_labels(val.labels, len(val), model.num_classes)
-        val = val if len(val) else None
-
-    # 2. leave out zero-weight samples: their influence is removed exactly, not scaled to 0
-    kept = np.flatnonzero(sample_weights > 0)
-    if len(kept) == 0:
-        raise UtilgenError("nothing to train on: every training sample has weight 0")
-    items = [train.items[i] for i in kept]
-    labels, sample_weights = labels[kept], sample_weights[kept]
-    keys = id_keys([train.ids[i] for i in kept], seed)
+    # 1-2. checked inputs, zero-weight samples left out
+    inputs = training_inputs(model, train, weights, val, seed)
+    items, labels, sample_weights, keys, val = (
+        inputs.items,
+        inputs.labels,
+        inputs.weights,
+        inputs.keys,
+        inputs.val,
+    )
 
     # 3. optimiser over the trainable parameters only
     seed_everything(seed)
@@ -185,7 +225,7 @@ def train(
                         "train_loss": losses[-1],
                         "val_accuracy": accuracies[-1] if accuracies else None,
                         "seed": seed,
-                        "n_trained": len(kept),
+                        "n_trained": len(items),
                     },
                 )
                 checkpoints.append(path)
@@ -203,6 +243,6 @@ def train(
         train_loss=tuple(losses),
         val_accuracy=tuple(accuracies),
         checkpoints=tuple(checkpoints),
-        n_trained=len(kept),
+        n_trained=len(items),
         seconds=time.perf_counter() - started,
     )
