@@ -15,7 +15,7 @@ import pytest
 
 from utilgen.config import RayConfig, TaskConfig, load_config
 from utilgen.data.bundled import load_digits
-from utilgen.scale import trainer_on_backend
+from utilgen.scale import RayBackendError, trainer_on_backend
 from utilgen.scale.train import rank_share, train_on_ray
 from utilgen.task import build_task_model, evaluate, list_checkpoints, read_sidecar, train
 
@@ -124,3 +124,15 @@ def test_utilgen_run_trains_every_round_on_ray_train(
         paths = list_checkpoints(run / "rounds" / round_dir / "checkpoints")
         assert [read_sidecar(p)["train_workers"] for p in paths] == [2, 2]
         assert (run / "rounds" / round_dir / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_more_workers_than_the_cluster_holds_is_one_line() -> None:
+    data = _weighted_digits()[0]
+    model = build_task_model(CFG, "image", 10, data.items[:1], "cpu", 0)
+    with pytest.raises(RayBackendError) as err:
+        train_on_ray(RayConfig(train_workers=3), model, data, CFG, seed=0)  # 2 CPUs
+    message = str(err.value)
+    assert "has 2 CPU(s)" in message and "train_workers=3 needs 3" in message
+    assert "\n" not in message

@@ -118,6 +118,21 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
+def _check_resources(cfg: RayConfig, have: dict[str, float]) -> None:
+    """RayBackendError, at once, when the cluster cannot hold the workers (Ray Train would
+    wait for them and time out after a minute)."""
+    from utilgen.scale.cluster import RayBackendError
+
+    workers = cfg.train_workers
+    need = {"CPU": workers * cfg.num_cpus_per_actor, "GPU": workers if cfg.train_gpus else 0}
+    for name, amount in need.items():
+        if amount and have.get(name, 0.0) < amount:
+            raise RayBackendError(
+                f"the Ray cluster has {have.get(name, 0.0):g} {name}(s); ray.train_workers="
+                f"{workers} needs {amount:g}: lower ray.train_workers or add nodes"
+            )
+
+
 def train_on_ray(
     ray_cfg: RayConfig,
     model: TaskModel,
@@ -136,8 +151,8 @@ def train_on_ray(
     are written to ``checkpoint_dir`` as local training writes them.
 
     Raises:
-        UtilgenError: as ``train`` (modality, no sample with weight), or the cluster lacks
-            the workers' CPUs/GPUs.
+        UtilgenError: as ``train`` (modality, no sample with weight).
+        RayBackendError: the cluster lacks the workers' CPUs/GPUs.
     """
     from ray.train import CheckpointConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
@@ -151,7 +166,7 @@ def train_on_ray(
     val = inputs.val
 
     ray = import_ray()
-    connect(ray_cfg)
+    _check_resources(ray_cfg, connect(ray_cfg).resources)
     # The generation actors would hold the CPUs/GPUs the workers need while they idle
     # between rounds; the next round starts them again.
     release_shared_executors()
