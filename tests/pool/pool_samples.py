@@ -84,8 +84,9 @@ def batch(b: int) -> list[Sample]:
 def _kill_on_replace(kind: str, at: int) -> None:
     """Test hook: SIGKILL this process at the ``at``-th atomic rename of ``kind``.
 
-    ``manifest``: the manifest's temp file is fully written and fsynced but not yet renamed
-    (every blob of that batch is already on disk). ``blob``: in the middle of writing a
+    ``manifest``: the temp file of a manifest commit (``manifest.parquet`` or a segment of
+    ``manifest.d``) is fully written and fsynced but not yet renamed (every blob of that
+    batch is already on disk). ``blob``: in the middle of writing a
     batch's blobs, before the manifest is touched.
     """
     real_replace = os.replace
@@ -94,7 +95,7 @@ def _kill_on_replace(kind: str, at: int) -> None:
     def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
         nonlocal seen
         target = Path(dst)
-        is_manifest = target.name == "manifest.parquet"
+        is_manifest = target.name == "manifest.parquet" or target.parent.name == "manifest.d"
         if (kind == "manifest") == is_manifest:
             seen += 1
             if seen == at:

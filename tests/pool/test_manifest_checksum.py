@@ -19,7 +19,7 @@ from pool_samples import batch
 from utilgen.errors import PoolError
 from utilgen.pool import PoolStore
 from utilgen.pool.layout import manifest_path
-from utilgen.pool.schema import read_manifest
+from utilgen.pool.manifest_log import read_manifest
 
 STRIDE = 3  # every third byte: the same proportions, a third of the reads
 

@@ -16,7 +16,8 @@ from utilgen.atomic import write_bytes_atomic
 from utilgen.errors import PoolError
 from utilgen.pool import PoolStore, verify_pool
 from utilgen.pool.layout import blob_path, manifest_path
-from utilgen.pool.schema import read_manifest, table_to_bytes
+from utilgen.pool.manifest_log import read_manifest
+from utilgen.pool.schema import table_to_bytes
 from utilgen.pool.verify import SIDECAR_SHA256, checkpoint_name, looks_truncated
 from utilgen.task.checkpoint import CHECKPOINT_PATTERN
 from utilgen.task.checkpoint import checkpoint_name as task_checkpoint_name

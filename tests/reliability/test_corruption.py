@@ -32,7 +32,9 @@ from utilgen.errors import PoolError, RunLockedError
 from utilgen.loop.run import run
 from utilgen.pool import RunLock, verify_pool
 from utilgen.pool.layout import blob_path, manifest_path
+from utilgen.pool.manifest_log import read_manifest, segment_path, write_base
 from utilgen.pool.repair import REPAIR_RECORD, check_run_dir
+from utilgen.pool.schema import table_to_bytes
 from utilgen.progress import set_quiet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loop"))
@@ -222,6 +224,34 @@ def test_an_unreadable_manifest_is_set_aside_and_the_pool_rebuilt(
         assert set_aside.read_bytes() == damaged
         set_aside.unlink()
     # real samples appended again, round 1 regenerated, valued and trained: the same run
+    assert differences(reference, run_dir) == []
+
+
+def test_an_unreadable_manifest_segment_sets_the_whole_manifest_aside(
+    reference: Path, run_dir: Path
+) -> None:
+    # What a writer killed after appending leaves: a base plus a segment of the last rows
+    # (utilgen.pool.manifest_log); the segment is then damaged.
+    table = read_manifest(run_dir)
+    split = table.num_rows - 4
+    write_base(run_dir, table.slice(0, split), 7)
+    segment = segment_path(run_dir, 7, split, table.num_rows)
+    segment.parent.mkdir()
+    segment.write_bytes(table_to_bytes(table.slice(split)))
+    assert read_manifest(run_dir).equals(table)
+    _garble(segment)
+
+    assert not verify_pool(run_dir).manifest_readable
+    assert "(unreadable manifest)" in _refusal(run_dir)
+    done = _repaired(run_dir)
+    assert done["rerun_rounds"] == [1]
+    assert Path(done["manifest_set_aside"]) == manifest_path(run_dir).with_name(
+        "manifest.parquet.damaged"
+    )
+    aside = segment.parent.with_name("manifest.d.damaged")
+    assert [p.name for p in aside.iterdir()] == [segment.name]
+    shutil.rmtree(aside)
+    Path(done["manifest_set_aside"]).unlink()
     assert differences(reference, run_dir) == []
 
 

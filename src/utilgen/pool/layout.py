@@ -2,7 +2,7 @@
 
 ```
 RUN/lock                     held while a process writes the run
-RUN/pool/manifest.parquet    one row per sample
+RUN/pool/manifest.parquet    one row per sample (plus, while a writer appends, manifest.d/)
 RUN/pool/blobs/ab/abcd...    payloads, named by their SHA-256
 ```
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 LOCK_FILE = "lock"
 POOL_DIR = "pool"
 MANIFEST_FILE = "manifest.parquet"
+SEGMENTS_DIR = "manifest.d"
 BLOBS_DIR = "blobs"
 
 
@@ -30,6 +31,12 @@ def pool_dir(run_dir: Path) -> Path:
 def manifest_path(run_dir: Path) -> Path:
     """``RUN/pool/manifest.parquet``."""
     return pool_dir(run_dir) / MANIFEST_FILE
+
+
+def segments_dir(run_dir: Path) -> Path:
+    """``RUN/pool/manifest.d``: rows appended since the base was last written
+    (:mod:`utilgen.pool.manifest_log`)."""
+    return pool_dir(run_dir) / SEGMENTS_DIR
 
 
 def blobs_dir(run_dir: Path) -> Path:

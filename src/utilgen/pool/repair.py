@@ -21,10 +21,11 @@ the next one (every step is atomic or idempotent):
   the checkpoint and the round's ``metrics.json`` are deleted so that the step that wrote
   them (stage-1 training, or the whole round) runs again; its training rewrites every
   checkpoint;
-* an unreadable manifest is set aside as ``pool/manifest.parquet.damaged`` (kept, never
-  deleted). It was the only record of the synthetic samples, so every generation round
-  runs again (their ``metrics.json`` are deleted; blobs already on disk are reused) and the
-  real samples are appended again; stage 1's training, which reads the dataset, is kept.
+* an unreadable manifest (its base or one of its appended segments) is set aside as
+  ``pool/manifest.parquet.damaged`` and ``pool/manifest.d.damaged`` (kept, never deleted).
+  It was the only record of the synthetic samples, so every generation round runs again
+  (their ``metrics.json`` are deleted; blobs already on disk are reused) and the real
+  samples are appended again; stage 1's training, which reads the dataset, is kept.
 
 Whenever a step is redone, ``summary.json`` is deleted too, so that a summary only ever
 exists for a finished run. Every repair is recorded in ``RUN/repair.json``.
@@ -42,15 +43,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from utilgen.atomic import write_bytes_atomic, write_json_atomic
+from utilgen.atomic import write_json_atomic
 from utilgen.data import Splits
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import write_blobs
-from utilgen.pool.layout import blob_path, manifest_path
+from utilgen.pool.layout import blob_path, manifest_path, segments_dir
 from utilgen.pool.lock import RunLock
+from utilgen.pool.manifest_log import load_manifest, write_base
 from utilgen.pool.payload import encode_item
 from utilgen.pool.sample import content_hash
-from utilgen.pool.schema import read_manifest, table_to_bytes
 from utilgen.pool.verify import VerifyReport, round_dirs, round_of, run_started, verify_pool
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,10 @@ def repair_run(report: VerifyReport, splits: Splits | None) -> Repair:
     if report.manifest_readable:
         done, synthetic_rounds = _repair_rows(run_dir, report, splits)
     else:
+        # the base first: a repair killed in between still finds no manifest, and sets
+        # the segments aside next time
         done = Repair(manifest_set_aside=_set_aside(manifest_path(run_dir)))
+        _set_aside(segments_dir(run_dir))
         synthetic_rounds = {}
         rerun = finished - {STAGE1_ROUND}
 
@@ -218,7 +222,8 @@ def _repair_rows(
     """Restore real samples' blobs from ``splits``, drop the other damaged rows and repeated
     ids with one atomic manifest write. Returns the row fields of the ``Repair`` and the
     round of every dropped synthetic sample."""
-    table = read_manifest(run_dir)
+    loaded = load_manifest(run_dir)
+    table = loaded.table
     ids = [str(i) for i in table.column("id").to_pylist()]
     damaged = set(report.missing) | set(report.corrupt) | set(report.truncated)
     restored = _restore_from_dataset(run_dir, table, damaged, splits) if damaged else set()
@@ -229,7 +234,7 @@ def _repair_rows(
         keep.append(sample_id not in damaged and sample_id not in seen)
         seen.add(sample_id)
     if not all(keep):
-        write_bytes_atomic(manifest_path(run_dir), table_to_bytes(table.filter(pa.array(keep))))
+        write_base(run_dir, table.filter(pa.array(keep)), loaded.generation + 1)
     rows = table.select(["id", "source", "round"]).to_pylist()
     dropped = [row for row in rows if row["id"] in damaged]
     done = Repair(

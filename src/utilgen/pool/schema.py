@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from utilgen.errors import PoolError
-from utilgen.pool.layout import manifest_path
 from utilgen.pool.sample import Sample
 
 MANIFEST_SCHEMA = pa.schema(
@@ -132,26 +131,6 @@ def table_to_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink, write_page_checksum=True)
     return sink.getvalue()
-
-
-def read_manifest(run_dir: Path) -> pa.Table:
-    """The manifest of ``run_dir``, conformed; PoolError if it is unreadable.
-
-    The file is read into memory first so that a writer replacing it meanwhile cannot
-    change what is being parsed.
-    """
-    source = manifest_path(run_dir)
-    data = source.read_bytes()
-    try:
-        # Pages written without a CRC (manifests of older runs) are read unchecked.
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
-    except (pa.ArrowException, OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PoolError(
-            f"manifest {source} is unreadable ({reason}); run `utilgen pool verify {run_dir}` "
-            "to see the damage, then restore the file or start a new run directory"
-        ) from err
-    return conform(table, source)
 
 
 def table_to_frame(table: pa.Table) -> pd.DataFrame:

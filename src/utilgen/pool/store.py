@@ -1,14 +1,17 @@
 """``PoolStore``: the run's samples, as a Parquet manifest plus content-addressed blobs.
 
 Crash safety rests on one ordering. An ``append`` writes (and fsyncs) every new blob
-first, then commits the whole batch by atomically replacing ``manifest.parquet`` with a
-copy that has the new rows. A process killed at any point leaves either the old manifest
-or the new one; at worst some blobs no row refers to yet (harmless: the same append,
-re-run, finds them) and temp files, which the next writer deletes on open. Appends are
-idempotent, so a resumed run re-appends what it had and ends with every sample once.
+first, then commits the whole batch with one atomic file write: a segment of the manifest
+log (:mod:`utilgen.pool.manifest_log`), so that an append costs O(batch), not O(pool). A
+process killed at any point leaves the manifest with or without the batch; at worst some
+blobs no row refers to yet (harmless: the same append, re-run, finds them) and temp files,
+which the next writer deletes on open. Appends are idempotent, so a resumed run re-appends
+what it had and ends with every sample once.
 
 Writing needs the run lock (``PoolStore.open(run_dir, writable=True)``); reading does not,
-and a reader always sees a whole manifest because replacement is atomic.
+and a reader always sees whole batches because every file is replaced atomically. Setting a
+column or the keep decisions rewrites the base ``manifest.parquet`` with every row, and so
+does closing a writable store.
 """
 
 from __future__ import annotations
@@ -24,13 +27,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from utilgen.atomic import remove_stale_temp_files, write_bytes_atomic
+from utilgen.atomic import remove_stale_temp_files
 from utilgen.data.labelled import LabelledData, Modality
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import read_blob, write_blobs
 from utilgen.pool.convert import class_names_from_manifest, labelled_from_manifest
-from utilgen.pool.layout import manifest_path, pool_dir
+from utilgen.pool.layout import manifest_path, pool_dir, segments_dir
 from utilgen.pool.lock import RunLock
+from utilgen.pool.manifest_log import (
+    LoadedManifest,
+    ManifestLog,
+    list_segments,
+    load_manifest,
+    read_manifest,
+)
 from utilgen.pool.payload import check_payload, decode_item
 from utilgen.pool.sample import SOURCES, SPLITS, Sample
 from utilgen.pool.schema import (
@@ -38,10 +48,8 @@ from utilgen.pool.schema import (
     EXTRA_COLUMN_PATTERN,
     IDENTITY_COLUMNS,
     empty_table,
-    read_manifest,
     row_to_sample,
     samples_to_table,
-    table_to_bytes,
     table_to_frame,
     with_extra_columns,
 )
@@ -107,6 +115,7 @@ class PoolStore:
         self.run_dir = Path(run_dir)
         self._lock = lock
         self._table: pa.Table | None = None
+        self._log: ManifestLog | None = None
         self._ids: dict[str, Identity] = {}
         if lock is None:
             if not manifest_path(self.run_dir).is_file():
@@ -127,9 +136,20 @@ class PoolStore:
                 pool_dir(self.run_dir),
             )
         if manifest_path(self.run_dir).is_file():
-            self._table = read_manifest(self.run_dir)
+            loaded = load_manifest(self.run_dir)
+        elif list_segments(self.run_dir):
+            # rows without their base: starting a new pool here would delete them
+            raise PoolError(
+                f"{manifest_path(self.run_dir)} is missing but {segments_dir(self.run_dir)} "
+                f"holds appended rows; run `utilgen pool verify {self.run_dir}`, then "
+                "`utilgen run ... --repair`, which sets both aside"
+            )
         else:
-            self._write(empty_table())
+            loaded = LoadedManifest(empty_table(), generation=0, base_rows=0)
+        self._log = ManifestLog(self.run_dir, loaded)
+        self._table = loaded.table
+        if not manifest_path(self.run_dir).is_file():
+            self._write(loaded.table)
         self._ids = _identities(self._require_table())
 
     @classmethod
@@ -143,7 +163,11 @@ class PoolStore:
             yield cls(run_dir)
             return
         with RunLock(run_dir) as lock:
-            yield cls(run_dir, lock=lock)
+            store = cls(run_dir, lock=lock)
+            yield store
+            # Not on an exception: the log is already whole on disk, and a failing disk
+            # should not turn the error being raised into another one.
+            store.compact()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -263,9 +287,11 @@ class PoolStore:
         payloads = {sample.blob: sample.payload for sample in new.values()}
         write_blobs(self.run_dir, payloads.values())
 
-        # 3. commit the batch with one atomic replacement of the manifest
+        # 3. commit the batch with one atomic write (a manifest segment, or a new base)
         rows = with_extra_columns(samples_to_table(list(new.values())), table)
-        self._write(pa.concat_tables([table, rows]))
+        table = pa.concat_tables([table, rows])
+        self._require_log().commit_rows(table)
+        self._table = table
         for sample in new.values():
             self._ids[sample.id] = _identity(sample)
         return len(new)
@@ -311,7 +337,19 @@ class PoolStore:
             table = table.set_column(index, field, pa.array(values, type=field.type))
         self._write(table)
 
+    def compact(self) -> None:
+        """Fold the appended segments into ``manifest.parquet``, which then holds every row
+        (closing a writable store does this)."""
+        self._require_writable()
+        log = self._require_log()
+        if log.segments:
+            self._write(self._require_table().combine_chunks())
+
     # -- internals -------------------------------------------------------------------------
+
+    def _require_log(self) -> ManifestLog:
+        assert self._log is not None  # set in __init__ for writable stores
+        return self._log
 
     def _require_table(self) -> pa.Table:
         assert self._table is not None  # set in __init__ for writable stores
@@ -326,7 +364,7 @@ class PoolStore:
         return self._require_table()
 
     def _write(self, table: pa.Table) -> None:
-        write_bytes_atomic(manifest_path(self.run_dir), table_to_bytes(table))
+        self._require_log().rewrite(table)
         self._table = table
 
     def _positions(self, ids: Iterable[str]) -> dict[str, int]:

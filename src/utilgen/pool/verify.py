@@ -29,9 +29,9 @@ from utilgen.digest import safetensors_digest
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import is_blob_name, iter_blob_files
 from utilgen.pool.layout import blobs_dir, manifest_path, pool_dir
+from utilgen.pool.manifest_log import read_manifest
 from utilgen.pool.payload import PNG_SIGNATURE
 from utilgen.pool.sample import content_hash
-from utilgen.pool.schema import read_manifest
 
 _LISTED = 5  # ids named per problem in describe(); the report itself holds all of them
 
