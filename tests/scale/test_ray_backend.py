@@ -151,6 +151,22 @@ def test_the_actors_outlive_a_call_and_take_each_calls_generator() -> None:
     assert not executor.started
 
 
+def test_warmed_actors_load_the_generator_before_the_first_call() -> None:
+    import ray
+
+    executor = RayExecutor(RAY)
+    generator = tiny_generator(NAMES)
+    executor.warm(generator)  # returns at once; utilgen run trains stage 1 meanwhile
+    assert executor.started and len(executor._warming) == RAY.actors
+    warmed = ray.get(list(executor._warming))  # every actor fetched it, without an error
+    assert sorted(warmed) == sorted(ray.get([a.pid.remote() for a in executor.actors()]))
+    requests = _image_requests()[:6]
+    made = [s.blob for s in executor.generate(generator, requests, round_index=1)]
+    assert made == [s.blob for s in generator.generate(requests, progress=False)]
+    assert executor._warming == []  # the first call waited for the warm-up
+    executor.shutdown()
+
+
 def test_a_run_shares_one_executor_and_other_settings_replace_it() -> None:
     from utilgen.scale.backend import shared_executor
 
@@ -182,6 +198,15 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
         return real_generate(self, generator, requests, round_index)
 
     monkeypatch.setattr(RayExecutor, "generate", counted)
+    warmed: list[str] = []
+    real_warm = RayExecutor.warm
+
+    def counted_warm(self: RayExecutor, generator: Generator) -> None:
+        # before stage 1 trains: its checkpoints are not written yet
+        warmed.append(str(sorted((tmp_path / "ray").rglob("*.safetensors"))))
+        real_warm(self, generator)
+
+    monkeypatch.setattr(RayExecutor, "warm", counted_warm)
     on_ray_logits: list[int] = []
     real_logits = valuation.ray_logits
 
@@ -208,6 +233,7 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
         assert (run / "rounds" / "001" / "metrics.json").is_file()
         assert on_ray == ([] if backend == "local" else [50])  # the round ran on Ray
         assert on_ray_logits == ([] if backend == "local" else [50])  # and its scoring
+        assert warmed == ([] if backend == "local" else ["[]"])  # once, before stage 1
     assert (runs["local"]["source"] == "synthetic").sum() == 50
     scores = [f"utility_r001_{name}" for name in ("marginal", "similarity", "margin")]
     assert runs["local"].loc[runs["local"]["round"] == 1, scores].notna().all().all()

@@ -57,7 +57,7 @@ from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
 from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.report.html import build_run_html
-from utilgen.scale import check_backend, trainer_on_backend
+from utilgen.scale import check_backend, trainer_on_backend, warm_actors
 from utilgen.task import (
     TaskModel,
     build_task_model,
@@ -427,6 +427,9 @@ def run(
         if metrics_path.exists():
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         else:
+            if config.loop.rounds > 0:
+                # the Ray actors start and load the generator while stage 1 trains
+                warm_actors(prepared.generator, config)
             metrics = _train_and_evaluate(prepared, out)
             fault_point("stage1.trained")
             write_json_atomic(metrics_path, metrics)

@@ -16,6 +16,7 @@ from utilgen.scale.backend import (
     scorer_on_backend,
     shared_executor,
     trainer_on_backend,
+    warm_actors,
 )
 from utilgen.scale.cluster import INSTALL_HINT, ClusterInfo, RayBackendError, probe
 from utilgen.scale.executor import RayExecutor
@@ -36,4 +37,5 @@ __all__ = [
     "scorer_on_backend",
     "shared_executor",
     "trainer_on_backend",
+    "warm_actors",
 ]

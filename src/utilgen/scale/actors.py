@@ -126,6 +126,14 @@ class Worker:
         self._models[kind] = (ref.hex(), model)
         return model
 
+    def warm(self, generator: Sequence[Any]) -> int:
+        """Fetch the generator in ``generator[0]`` (a reference) ahead of the first
+        ``generate``: the first fetch in a process also imports its modules (diffusers'
+        U-Net, transformers), seconds that would otherwise land inside round 1. Returns the
+        pid."""
+        self._model("generator", generator)
+        return os.getpid()
+
     def generate(
         self,
         generator: Sequence[Any],

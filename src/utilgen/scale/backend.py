@@ -82,6 +82,16 @@ class RayGenerator:
         return shared_executor(self.cfg).generate(self.inner, requests, round_index)
 
 
+def warm_actors(generator: Generator | None, cfg: RunConfig) -> None:
+    """For ``loop.backend=ray``: start the actor pool and load ``generator`` on every
+    actor now, without waiting, so that this overlaps what the driver does next (stage 1's
+    training) instead of landing in round 1. Nothing for the local backend, without a
+    generator, or when Ray Train trains the task model (its workers need the CPUs)."""
+    if cfg.loop.backend != "ray" or generator is None or cfg.ray.train_workers > 0:
+        return
+    shared_executor(cfg.ray).warm(generator)
+
+
 def on_backend(generator: Generator, cfg: RunConfig) -> Generator:
     """``generator`` as the round should run it: itself for ``loop.backend=local``, wrapped
     in a :class:`RayGenerator` for ``loop.backend=ray``."""

@@ -86,6 +86,7 @@ class RayExecutor:
         self._check_resources()
         self._session = _session_key()
         self._actors: list[Any] = []
+        self._warming: list[Any] = []  # refs of warm() calls not waited for yet
         self.actor_startup_seconds = 0.0
 
     def _check_resources(self) -> None:
@@ -127,6 +128,7 @@ class RayExecutor:
             for actor in self._actors:
                 ray.kill(actor)
         self._actors = []
+        self._warming = []
         if self.cluster.started_here:
             ray.shutdown()
 
@@ -175,6 +177,19 @@ class RayExecutor:
         self._actors = actors
         return actors
 
+    def warm(self, generator: Generator, *, wait: bool = False) -> None:
+        """Start the actors and have each fetch ``generator``; without ``wait``, return at
+        once: ``utilgen run`` calls this before stage 1's training, which the warm-up then
+        overlaps, and the next call on the pool waits for it (and raises what it raised)."""
+        ray = import_ray()
+        self.check_device(_generator_device(generator), "generator")
+        holder = [ray.put(generator)]
+        self._warming = [actor.warm.remote(holder) for actor in self.actors()]
+        if wait:
+            with user_errors_from_actors():
+                warming, self._warming = self._warming, []
+                ray.get(warming)
+
     def map_ordered(self, calls: Sequence[Call]) -> Iterator[Any]:
         """The results of ``calls``, in order, each submitted on an idle actor of the pool.
 
@@ -198,6 +213,8 @@ class RayExecutor:
                 submitted += 1
 
         with user_errors_from_actors():
+            warming, self._warming = self._warming, []
+            ray.get(warming)  # queued before these calls on the same actors: already done
             while returned < len(calls):
                 submit()
                 ready, _ = ray.wait(list(running), num_returns=1)
