@@ -173,3 +173,23 @@ def test_a_writer_refuses_segments_whose_base_is_missing(run_dir: Path) -> None:
         PoolStore(run_dir, lock=lock)
     assert segment.path.exists()  # nothing deleted
     assert not manifest_path(run_dir).exists()
+
+
+def test_a_reader_racing_a_base_rewrite_reads_the_new_base(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with PoolStore.open(run_dir, writable=True) as store:
+        store.append(batch(0) + batch(1) + batch(2) + batch(3))
+        store.append(batch(4))
+        real = log_module.list_segments
+        rewrites = iter([True])
+
+        def list_then_rewrite(run: Path) -> list[log_module.Segment]:
+            # between the reader's base and its listing, the writer folds the log into a
+            # new base and deletes the segment: the listing finds none of the old generation
+            if next(rewrites, False):
+                store.compact()
+            return real(run)
+
+        monkeypatch.setattr(log_module, "list_segments", list_then_rewrite)
+        assert read_manifest(run_dir).column("id").to_pylist() == _ids(0, 5)

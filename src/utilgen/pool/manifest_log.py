@@ -136,6 +136,7 @@ def load_manifest(run_dir: Path) -> LoadedManifest:
     """
     source = manifest_path(run_dir)
     for _ in range(_READ_ATTEMPTS):
+        inode = source.stat().st_ino
         base = _parse(source.read_bytes(), source, run_dir)
         generation = generation_of(base)
         links = chain(list_segments(run_dir), generation, base.num_rows)
@@ -143,6 +144,10 @@ def load_manifest(run_dir: Path) -> LoadedManifest:
             parts = [_parse(s.path.read_bytes(), s.path, run_dir) for s in links]
         except FileNotFoundError:
             continue  # a writer merged these segments away meanwhile: read the new ones
+        if source.stat().st_ino != inode:
+            # A writer replaced the base after it was read (its rename makes a new inode)
+            # and may have deleted its segments: read the new base, not a stale prefix.
+            continue
         tables = [conform(base, source)]
         for segment, part in zip(links, parts, strict=True):
             if part.num_rows != segment.rows:
