@@ -135,7 +135,8 @@ class PoolStore:
                 removed,
                 pool_dir(self.run_dir),
             )
-        if manifest_path(self.run_dir).is_file():
+        fresh = not manifest_path(self.run_dir).is_file()
+        if not fresh:
             loaded = load_manifest(self.run_dir)
         elif list_segments(self.run_dir):
             # rows without their base: starting a new pool here would delete them
@@ -148,8 +149,8 @@ class PoolStore:
             loaded = LoadedManifest(empty_table(), generation=0, base_rows=0)
         self._log = ManifestLog(self.run_dir, loaded)
         self._table = loaded.table
-        if not manifest_path(self.run_dir).is_file():
-            self._write(loaded.table)
+        if fresh:
+            self._write(loaded.table)  # an empty pool: readers find a manifest from now on
         self._ids = _identities(self._require_table())
 
     @classmethod
