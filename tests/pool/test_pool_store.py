@@ -207,6 +207,24 @@ def test_image_payload_must_be_png(store: PoolStore) -> None:
     assert encode_image(np.zeros((2, 2, 1), np.uint8)).startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"prompt": "a cat \udc80"}, "prompt is not valid UTF-8"),
+        ({"class_name": "\ud800"}, "class_name is not valid UTF-8"),
+        ({"id": "syn/\udcff"}, "id is not valid UTF-8"),
+        ({"payload": b"caf\xe9"}, "a text payload must be UTF-8"),
+    ],
+)
+def test_a_sample_with_text_that_is_not_utf8_is_refused_when_built(
+    change: dict[str, object], problem: str
+) -> None:
+    # Parquet stores UTF-8: without this a lone surrogate failed only at the commit
+    good = synthetic(0, 0, modality="text")
+    with pytest.raises(ValueError, match=problem):
+        replace(good, **change)  # type: ignore[arg-type]
+
+
 def test_a_manifest_from_before_the_details_column_reads_with_empty_details(
     store: PoolStore, run_dir: Path
 ) -> None:

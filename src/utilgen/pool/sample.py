@@ -137,9 +137,26 @@ class Sample:
         for name in ("guidance", "strength"):
             object.__setattr__(self, name, _as_float(self.id, name, getattr(self, name)))
         object.__setattr__(self, "kept", bool(self.kept))
-        for name in _TEXT_FIELDS:
-            if not isinstance(getattr(self, name), str):
+        for name in ("id", *_TEXT_FIELDS):
+            value = getattr(self, name)
+            if not isinstance(value, str):
                 raise ValueError(f'sample {self.id}: {name} must be a string ("" if none)')
+            try:
+                # Parquet stores UTF-8: a lone surrogate would only fail at the commit
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"sample {self.id!r}: {name} is not valid UTF-8 text ({err.reason} at "
+                    f"position {err.start})"
+                ) from None
+        if self.modality == "text":
+            try:
+                self.payload.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"sample {self.id!r}: a text payload must be UTF-8 ({err.reason} at byte "
+                    f"{err.start})"
+                ) from None
 
     @cached_property
     def blob(self) -> str:
