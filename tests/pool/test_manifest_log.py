@@ -15,7 +15,13 @@ from utilgen.pool import PoolStore, verify_pool
 from utilgen.pool import manifest_log as log_module
 from utilgen.pool.layout import manifest_path, segments_dir
 from utilgen.pool.lock import RunLock
-from utilgen.pool.manifest_log import chain, list_segments, load_manifest, read_manifest
+from utilgen.pool.manifest_log import (
+    chain,
+    list_segments,
+    load_manifest,
+    read_manifest,
+    segment_path,
+)
 
 
 def _ids(b0: int, b1: int) -> list[str]:
@@ -193,3 +199,25 @@ def test_a_reader_racing_a_base_rewrite_reads_the_new_base(
 
         monkeypatch.setattr(log_module, "list_segments", list_then_rewrite)
         assert read_manifest(run_dir).column("id").to_pylist() == _ids(0, 5)
+
+
+def test_an_unreadable_generation_is_an_error_and_newer_segments_are_kept(
+    run_dir: Path,
+) -> None:
+    with RunLock(run_dir) as lock:
+        store = PoolStore(run_dir, lock=lock)
+        store.append(batch(0) + batch(1) + batch(2))
+        store.append(batch(3))
+    (segment,) = list_segments(run_dir)
+    # a segment of a generation newer than the base: not this log's, so never deleted
+    stray = segment_path(run_dir, segment.generation + 5, 0, 6)
+    stray.write_bytes(segment.path.read_bytes())
+    with PoolStore.open(run_dir, writable=True) as writer:
+        assert writer.ids() == _ids(0, 4)
+    assert stray.exists() and not segment.path.exists()  # folded in at close
+    # a base whose generation is not a number: an error, not generation 0
+    table = pq.read_table(manifest_path(run_dir))
+    meta = {**(table.schema.metadata or {}), log_module.GENERATION_KEY: b"x1"}
+    pq.write_table(table.replace_schema_metadata(meta), manifest_path(run_dir))
+    with pytest.raises(PoolError, match="records generation b'x1', not a number"):
+        read_manifest(run_dir)

@@ -109,13 +109,18 @@ def _parse(data: bytes, source: Path, run_dir: Path) -> pa.Table:
         ) from err
 
 
-def generation_of(table: pa.Table) -> int:
-    """The generation recorded in a base file's metadata (0 for manifests that predate it)."""
-    metadata = table.schema.metadata or {}
+def generation_of(table: pa.Table, source: Path) -> int:
+    """The generation recorded in base file ``source``'s metadata (0 for manifests that
+    predate it); PoolError if it is not a number, rather than a guess that would orphan
+    the segments of the real generation."""
+    raw = (table.schema.metadata or {}).get(GENERATION_KEY, b"0")
     try:
-        return int(metadata.get(GENERATION_KEY, b"0"))
+        return int(raw)
     except ValueError:
-        return 0
+        raise PoolError(
+            f"manifest {source} records generation {raw!r}, not a number; run `utilgen pool "
+            f"verify {source.parent.parent}`, then `utilgen run ... --repair`"
+        ) from None
 
 
 @dataclass
@@ -138,7 +143,7 @@ def load_manifest(run_dir: Path) -> LoadedManifest:
     for _ in range(_READ_ATTEMPTS):
         inode = source.stat().st_ino
         base = _parse(source.read_bytes(), source, run_dir)
-        generation = generation_of(base)
+        generation = generation_of(base, source)
         links = chain(list_segments(run_dir), generation, base.num_rows)
         try:
             parts = [_parse(s.path.read_bytes(), s.path, run_dir) for s in links]
@@ -176,19 +181,18 @@ def read_manifest(run_dir: Path) -> pa.Table:
     return load_manifest(run_dir).table
 
 
-def remove_segments(run_dir: Path, keep: Sequence[Segment] = ()) -> int:
-    """Delete every segment file not in ``keep`` (the folder too, once empty); returns how
-    many were deleted. Only a lock holder may call this."""
+def remove_segments(run_dir: Path, up_to: int, keep: Sequence[Segment] = ()) -> None:
+    """Delete every segment file of generation ``up_to`` or older that is not in ``keep``
+    (the folder too, once empty). A newer segment than the base cannot come from this log
+    (the base of a generation is written before its segments), so it is left for a person
+    to look at. Only a lock holder may call this."""
     wanted = {s.path for s in keep}
-    removed = 0
     for segment in list_segments(run_dir):
-        if segment.path not in wanted:
+        if segment.generation <= up_to and segment.path not in wanted:
             segment.path.unlink(missing_ok=True)
-            removed += 1
     directory = segments_dir(run_dir)
-    if not keep and directory.is_dir() and not any(directory.iterdir()):
+    if directory.is_dir() and not any(directory.iterdir()):
         directory.rmdir()
-    return removed
 
 
 def write_base(run_dir: Path, table: pa.Table, generation: int) -> None:
@@ -198,7 +202,7 @@ def write_base(run_dir: Path, table: pa.Table, generation: int) -> None:
     metadata[GENERATION_KEY] = str(generation).encode()
     data = table_to_bytes(table.replace_schema_metadata(metadata))
     write_bytes_atomic(manifest_path(run_dir), data)
-    remove_segments(run_dir)
+    remove_segments(run_dir, up_to=generation)
 
 
 class ManifestLog:
@@ -214,7 +218,7 @@ class ManifestLog:
         self.base_rows = loaded.base_rows
         self.segments = list(loaded.segments)
         # segments merged away, orphaned by a newer base, or beyond a broken chain
-        remove_segments(run_dir, keep=self.segments)
+        remove_segments(run_dir, up_to=self.generation, keep=self.segments)
 
     @property
     def committed(self) -> int:
