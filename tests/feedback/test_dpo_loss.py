@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from utilgen.feedback.dpo_loss import sequence_logps, weighted_dpo_loss
+from utilgen.feedback.dpo_loss import sequence_logps, weighted_dpo_loss, weighted_sft_loss
 
 
 def _logsig(x: float) -> float:
@@ -95,3 +95,21 @@ def test_sequence_logps_matches_a_loop() -> None:
     )
     with pytest.raises(ValueError, match="aligned"):
         sequence_logps(logits, ids[:, 1:], mask)
+
+
+def test_sft_loss_known_answer_and_weights() -> None:
+    logps = torch.tensor([-6.0, -2.0, -9.0])
+    tokens = torch.tensor([3, 1, 4])
+    # Unweighted: every chosen token's NLL, averaged over the batch's 8 tokens.
+    assert float(weighted_sft_loss(logps, tokens)) == pytest.approx(17.0 / 8)
+    weights = torch.tensor([0.5, 0.0, 1.0])
+    assert float(weighted_sft_loss(logps, tokens, weights=weights)) == pytest.approx(12.0 / 8)
+    # Each pair's share is scaled by its weight, the denominator is not.
+    pc = logps.clone().requires_grad_(True)
+    weighted_sft_loss(pc, tokens, weights=weights).backward()
+    assert pc.grad is not None
+    assert pc.grad.tolist() == pytest.approx([-0.5 / 8, 0.0, -1.0 / 8])
+    with pytest.raises(ValueError, match="no chosen completion token"):
+        weighted_sft_loss(logps, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="one shape"):
+        weighted_sft_loss(logps, tokens[:2])

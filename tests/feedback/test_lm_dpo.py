@@ -67,8 +67,10 @@ def _lora_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_parity_with_trl_sigmoid_dpo(tmp_path: Path) -> None:
-    """All weights 1: our loss and LoRA gradients equal TRL's DPOTrainer.compute_loss."""
+@pytest.mark.parametrize("sft_weight", [0.0, 0.6])
+def test_parity_with_trl_sigmoid_dpo(tmp_path: Path, sft_weight: float) -> None:
+    """All weights 1: our loss and LoRA gradients equal TRL's DPOTrainer.compute_loss, plain
+    sigmoid DPO and with the NLL term (TRL's loss_type [sigmoid, sft], weights [1, a])."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
     from trl import DPOConfig, DPOTrainer
@@ -87,6 +89,8 @@ def test_parity_with_trl_sigmoid_dpo(tmp_path: Path) -> None:
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"), beta=0.7, per_device_train_batch_size=3,
         report_to="none", use_cpu=True, max_length=None, bf16=False,
+        **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
+           if sft_weight else {}),
     )
     dataset = Dataset.from_dict(
         {k: [getattr(p, k) for p in pairs] for k in ("prompt", "chosen", "rejected")}
@@ -105,11 +109,16 @@ def test_parity_with_trl_sigmoid_dpo(tmp_path: Path) -> None:
     ours.train()
     trl_loss = trainer.compute_loss(trainer.model, trl_batch)
     trl_loss.backward()
-    out = dpo_batch_loss(ours, batch, beta=0.7)
-    out.dpo.loss.backward()
+    out = dpo_batch_loss(ours, {**batch, "weights": torch.ones(3)}, beta=0.7, sft_weight=sft_weight)
+    out.loss.backward()
 
     assert 0.05 < float(out.dpo.loss.detach()) < 5  # not saturated: the gradients carry signal
-    torch.testing.assert_close(out.dpo.loss.detach(), trl_loss.detach(), atol=1e-5, rtol=1e-5)
+    if sft_weight:
+        assert out.sft is not None and float(out.sft.detach()) > 1.0  # the NLL term is in the sum
+        torch.testing.assert_close(out.loss, out.dpo.loss + sft_weight * out.sft)
+    else:
+        assert out.sft is None and out.loss is out.dpo.loss
+    torch.testing.assert_close(out.loss.detach(), trl_loss.detach(), atol=1e-5, rtol=1e-5)
     ours_grads, trl_grads = _lora_grads(ours), _lora_grads(trainer.model)
     assert set(ours_grads) == set(trl_grads) and len(ours_grads) == 28
     for name, grad in ours_grads.items():
@@ -181,6 +190,24 @@ def test_training_moves_every_lora_weight_and_nothing_else(tmp_path: Path) -> No
     saved = json.loads((out_dir / "result.json").read_text())
     assert saved["tag"] == result.tag and saved["steps"] == 4
     assert saved["final"] == lines[-1]
+
+
+def test_the_nll_term_raises_the_chosen_likelihood_beyond_plain_dpo(tmp_path: Path) -> None:
+    """Plain DPO may satisfy its loss by pushing x- down; with sft_weight the chosen
+    completions' own likelihood rises further (the reason the term exists)."""
+    chosen_nll = {}
+    for weight in (0.0, 1.0):
+        model, tokenizer = tiny_llama(0)
+        cfg = LMDPOConfig(learning_rate=1e-2, epochs=2, sft_weight=weight, **LORA)
+        result = train_lm_dpo(model, tokenizer, PAIRS, cfg, out_dir=tmp_path / str(weight), seed=5)
+        batch = collate_pairs(tokenize_pairs(PAIRS, tokenizer, max_length=64), pad_token_id=0)
+        with torch.no_grad():
+            out = dpo_batch_loss(result.model, batch, beta=1.0)
+        chosen_nll[weight] = float(out.chosen_nll.mean())
+        assert all("nll/chosen" in r for r in result.history)
+        saved = json.loads((tmp_path / str(weight) / "result.json").read_text())
+        assert saved["sft_weight"] == weight
+    assert chosen_nll[1.0] < chosen_nll[0.0] - 0.1, chosen_nll
 
 
 def test_adapter_reloads_with_the_same_tag_and_outputs(tmp_path: Path) -> None:

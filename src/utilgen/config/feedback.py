@@ -65,6 +65,12 @@ class LMDPOConfig(Section):
     """U-DPO: DPO of the causal LM on weighted preference pairs (peft LoRA by default)."""
 
     beta: float = Field(1.0, gt=0.0, description="DPO beta (U-DPO: 1.0).")
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the preferred texts' NLL per token added to the DPO loss "
+        "(RPO; TRL's loss_type [sigmoid, sft]); 0: plain DPO, as in U-DPO.",
+    )
     learning_rate: float = Field(2e-5, gt=0.0, description="AdamW learning rate (U-DPO: 2e-5).")
     epochs: int = Field(3, ge=1, description="Passes over the pairs (U-DPO: 3).")
     batch_size: int = Field(2, ge=1, description="Pairs per optimiser step (U-DPO: 2).")

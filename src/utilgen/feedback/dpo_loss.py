@@ -17,6 +17,14 @@ trains with (TRL's DPO, beta = 1.0); we implement the standard reference-model f
 
 Rewards are the implicit DPO rewards beta * (p - r); a pair is "accurate" when the chosen
 reward is higher than the rejected one (the paper's "DPO reward accuracy", Fig. 2).
+
+:func:`weighted_sft_loss` is the optional negative log-likelihood of the preferred
+completions (RPO, Pang et al. 2024; TRL's ``loss_type=["sigmoid", "sft"]``): summed over the
+chosen completions' tokens, each pair's share times its weight, divided by the number of
+chosen tokens in the batch. With all w = 1 it is TRL's ``sft`` loss. Plain DPO can satisfy
+its objective by pushing the dispreferred likelihood down alone; the NLL term also holds the
+preferred texts' likelihood up (the paper's Eq. 1 at its beta = 1 is, taken literally, this
+term alone: -log sigmoid(log pi(x+)) ~ -log pi(x+)).
 """
 
 from __future__ import annotations
@@ -114,6 +122,43 @@ def weighted_dpo_loss(
         accuracies=(chosen_rewards > rejected_rewards).float(),
         weights=weights.detach(),
     )
+
+
+def weighted_sft_loss(
+    policy_chosen_logps: torch.Tensor,
+    chosen_tokens: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted negative log-likelihood of the preferred completions, per token (nats).
+
+    Args:
+        policy_chosen_logps: log pi(x+ | prompt) per pair, summed over its scored tokens.
+        chosen_tokens: how many tokens each of those sums covers.
+        weights: per-pair weights; None: all 1 (then this is TRL's ``sft`` loss: the mean
+            token NLL over every chosen token of the batch).
+
+    Returns:
+        scalar ``-sum_i w_i logp_i / sum_i n_i``, differentiable in ``policy_chosen_logps``.
+
+    Raises:
+        ValueError: shapes differ, or the batch has no chosen token.
+    """
+    shape = policy_chosen_logps.shape
+    if len(shape) != 1 or chosen_tokens.shape != shape:
+        raise ValueError(
+            f"chosen log-probs {tuple(shape)} and token counts {tuple(chosen_tokens.shape)} "
+            "must be 1-D and of one shape"
+        )
+    if weights is None:
+        weights = torch.ones_like(policy_chosen_logps)
+    elif weights.shape != shape:
+        raise ValueError(f"weights of shape {tuple(weights.shape)} for {shape[0]} pairs")
+    total = chosen_tokens.sum()
+    if not total > 0:
+        raise ValueError("the batch has no chosen completion token to take the NLL of")
+    weights = weights.to(policy_chosen_logps)
+    return -(weights * policy_chosen_logps).sum() / total.to(policy_chosen_logps)
 
 
 def sequence_logps(

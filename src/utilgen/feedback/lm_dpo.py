@@ -17,8 +17,10 @@ What one step does, per batch of pairs:
 3. the reference log-probs under ``no_grad``: with LoRA, the same peft model with its adapter
    switched off (no second copy); starting from a saved adapter, a frozen copy of that
    adapter named ``ref`` (as TRL does); full fine-tuning, a frozen deep copy;
-4. weighted DPO loss, AdamW with gradient accumulation and norm clipping, constant learning
-   rate (the paper names none; TRL's default would decay it linearly).
+4. weighted DPO loss, plus ``sft_weight`` times the weighted NLL of the preferred
+   completions when that is set (RPO; TRL's ``loss_type=["sigmoid", "sft"]``), AdamW with
+   gradient accumulation and norm clipping, constant learning rate (the paper names none;
+   TRL's default would decay it linearly).
 
 Everything runs through ``accelerate.Accelerator`` (model, optimiser and data loader are
 prepared), so the same code runs on this CPU and under ``accelerate launch`` on several GPUs
@@ -32,10 +34,11 @@ test_two_process_cpu_run`` (slow) runs it. Shuffling is seeded (``seed + epoch``
 on every process; metrics are gathered from all of them; the main process writes the files.
 
 Written to ``out_dir``: ``log.jsonl`` (one JSON record per logged optimiser step: loss,
-rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps, mean weight,
-lr, grad norm), ``tensorboard/`` (the same scalars), ``adapter/`` (peft ``save_pretrained``,
-safetensors; ``model/`` for a full fine-tune) and ``result.json`` last. Bad input (no
-pairs, beta <= 0, an adapter directory that is not a peft adapter, a pair that does not fit
+rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps, the chosen
+completions' NLL per token, mean weight, lr, grad norm), ``tensorboard/`` (the same
+scalars), ``adapter/`` (peft ``save_pretrained``, safetensors; ``model/`` for a full
+fine-tune) and ``result.json`` last. Bad input (no pairs, beta <= 0, a negative
+sft_weight, an adapter directory that is not a peft adapter, a pair that does not fit
 ``max_length``) raises :class:`~utilgen.feedback.errors.FeedbackError` before anything is
 written.
 
@@ -68,7 +71,12 @@ from torch.utils.data import DataLoader, Sampler
 from utilgen.atomic import write_json_atomic
 from utilgen.config.feedback import LMDPOConfig
 from utilgen.faults import fault_point
-from utilgen.feedback.dpo_loss import DPOLossOutput, sequence_logps, weighted_dpo_loss
+from utilgen.feedback.dpo_loss import (
+    DPOLossOutput,
+    sequence_logps,
+    weighted_dpo_loss,
+    weighted_sft_loss,
+)
 from utilgen.feedback.errors import FeedbackError
 from utilgen.progress import progress_bar
 
@@ -87,6 +95,7 @@ METRIC_KEYS = (
     "rewards/margins",
     "logps/chosen",
     "logps/rejected",
+    "nll/chosen",
     "weight",
 )
 
@@ -403,11 +412,29 @@ def reference_logps(
 
 @dataclass(frozen=True)
 class BatchLoss:
-    """The DPO loss of one batch and the policy log-probs it came from."""
+    """The loss of one batch and the policy log-probs it came from.
 
+    Attributes:
+        loss: what is minimised: ``dpo.loss`` plus ``sft_weight`` times ``sft`` (when set).
+        dpo: the weighted DPO loss and its per-pair parts.
+        sft: the weighted NLL of the chosen completions per token (None when not used).
+        chosen_logps, rejected_logps: the policy's summed completion log-probs, detached.
+        chosen_nll: each chosen completion's NLL per token, detached.
+    """
+
+    loss: torch.Tensor
     dpo: DPOLossOutput
+    sft: torch.Tensor | None
     chosen_logps: torch.Tensor
     rejected_logps: torch.Tensor
+    chosen_nll: torch.Tensor
+
+
+def chosen_token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many tokens of each chosen completion :func:`batch_logps` scores (a row's first
+    position predicts nothing, as in :func:`~utilgen.feedback.dpo_loss.sequence_logps`)."""
+    counts = batch["completion_mask"][:, 1:].sum(dim=1)
+    return counts.chunk(2)[0]
 
 
 def dpo_batch_loss(
@@ -415,18 +442,25 @@ def dpo_batch_loss(
     batch: dict[str, torch.Tensor],
     *,
     beta: float,
+    sft_weight: float = 0.0,
     reference: Any = None,
     logits_to_keep: bool | None = None,
 ) -> BatchLoss:
     """Weighted DPO loss of ``batch`` under ``policy`` against its reference (see
-    :func:`reference_logps`); ``logits_to_keep`` None: when the model supports it."""
+    :func:`reference_logps`), plus ``sft_weight`` times the weighted NLL of the chosen
+    completions when it is > 0; ``logits_to_keep`` None: when the model supports it."""
     keep = supports_logits_to_keep(policy) if logits_to_keep is None else logits_to_keep
     ref_chosen, ref_rejected = reference_logps(policy, reference, batch, logits_to_keep=keep)
     chosen, rejected = batch_logps(policy, batch, logits_to_keep=keep)
-    dpo = weighted_dpo_loss(
-        chosen, rejected, ref_chosen, ref_rejected, beta=beta, weights=batch["weights"]
-    )
-    return BatchLoss(dpo, chosen.detach(), rejected.detach())
+    weights = batch["weights"]
+    dpo = weighted_dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta, weights=weights)
+    tokens = chosen_token_counts(batch)
+    loss, sft = dpo.loss, None
+    if sft_weight > 0:
+        sft = weighted_sft_loss(chosen, tokens, weights=weights)
+        loss = loss + sft_weight * sft
+    nll = -chosen.detach() / tokens.clamp(min=1).to(chosen)
+    return BatchLoss(loss, dpo, sft, chosen.detach(), rejected.detach(), nll)
 
 
 def dpo_train_step(
@@ -438,6 +472,7 @@ def dpo_train_step(
     *,
     beta: float,
     max_grad_norm: float,
+    sft_weight: float = 0.0,
     reference: Any = None,
     logits_to_keep: bool = True,
 ) -> tuple[BatchLoss, float | None]:
@@ -448,9 +483,14 @@ def dpo_train_step(
     grad_norm = None
     with accelerator.accumulate(model):
         out = dpo_batch_loss(
-            model, batch, beta=beta, reference=reference, logits_to_keep=logits_to_keep
+            model,
+            batch,
+            beta=beta,
+            sft_weight=sft_weight,
+            reference=reference,
+            logits_to_keep=logits_to_keep,
         )
-        accelerator.backward(out.dpo.loss)
+        accelerator.backward(out.loss)
         if accelerator.sync_gradients:
             grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm))
         # The prepared optimiser skips these until the accumulation is complete.
@@ -515,6 +555,7 @@ class _Pending:
             "rewards/margins": out.dpo.margins,
             "logps/chosen": out.chosen_logps,
             "logps/rejected": out.rejected_logps,
+            "nll/chosen": out.chosen_nll,
             "weight": out.dpo.weights,
         }
         for key, value in values.items():
@@ -560,6 +601,11 @@ def _check_inputs(pairs: Sequence[TextPair], cfg: LMDPOConfig) -> None:
         )
     if not cfg.beta > 0:
         raise FeedbackError(f"feedback.dpo.beta must be > 0, got {cfg.beta}; set e.g. 1.0")
+    if not (math.isfinite(cfg.sft_weight) and cfg.sft_weight >= 0):
+        raise FeedbackError(
+            f"feedback.dpo.sft_weight must be finite and >= 0, got {cfg.sft_weight}; 0 turns "
+            "the NLL term off"
+        )
 
 
 def _save(model: Any, out_dir: Path, lora: bool) -> None:
@@ -694,6 +740,7 @@ def train_lm_dpo(
                         batch,
                         beta=cfg.beta,
                         max_grad_norm=cfg.max_grad_norm,
+                        sft_weight=cfg.sft_weight,
                         reference=reference,
                         logits_to_keep=keep,
                     )
@@ -736,6 +783,7 @@ def train_lm_dpo(
                 "pairs": len(tokens),
                 "processes": accelerator.num_processes,
                 "beta": cfg.beta,
+                "sft_weight": cfg.sft_weight,
                 "final": logs.history[-1] if logs.history else {},
             },
         )
