@@ -303,6 +303,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         cfg = LMDPOConfig.model_construct(**{**LMDPOConfig().model_dump(), "beta": 0.0})
         train_lm_dpo(model, tokenizer, PAIRS, cfg, out_dir=out_dir, seed=0)
     _assert_nothing_written(out_dir, err)
+    for sft in (-1.0, float("nan")):
+        with pytest.raises(FeedbackError, match="sft_weight") as err:
+            cfg = LMDPOConfig.model_construct(**{**LMDPOConfig().model_dump(), "sft_weight": sft})
+            train_lm_dpo(model, tokenizer, PAIRS, cfg, out_dir=out_dir, seed=0)
+        _assert_nothing_written(out_dir, err)
     long = TextPair("the game was", " the" * 20, " a", 1.0, "c9", "r9")
     with pytest.raises(FeedbackError, match=r"c9/r9.*max_length=16") as err:
         train_lm_dpo(model, tokenizer, [long], LMDPOConfig(max_length=16), out_dir=out_dir, seed=0)
