@@ -2,9 +2,10 @@
 
 Round 1's texts (word salad from a random two-layer Llama, which is all the mechanics need)
 are scored by the stage-1 BBC classifier; within each 2-shot prompt the best text is paired
-with a middle one; DPO trains a LoRA adapter (or every weight) that is merged into the
-generator before round 2. The tests check that round 2's provenance names the adapter, and
-that a run interrupted after the feedback restores the saved adapter instead of training.
+with a middle one; DPO trains every weight (the preset's setting) or a LoRA adapter that is
+merged into the generator before round 2. The tests check that round 2's provenance names
+the trained weights, and that a run interrupted after the feedback restores what was saved
+instead of training.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def test_udpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     assert (manifest.loc[pairs["chosen_id"], "prompt"].to_numpy() == pairs["prompt"]).all()
     assert (manifest.loc[pairs["rejected_id"], "prompt"].to_numpy() == pairs["prompt"]).all()
     result = json.loads((run_dir / "rounds/001/adapters/dpo/result.json").read_text())
-    assert result["tag"].startswith("lora:")
+    # the preset fine-tunes every weight (U-DPO's setting); the LoRA path is tested below
+    assert result["tag"].startswith("full:") and not result["lora"]
     assert synthetic_generators(run_dir) == {1: {base_name}, 2: {f"{base_name}+{result['tag']}"}}
     log = (run_dir / "rounds/001/adapters/dpo/log.jsonl").read_text().splitlines()
     assert log and "rewards/accuracies" in json.loads(log[-1])
