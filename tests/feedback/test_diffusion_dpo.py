@@ -316,6 +316,59 @@ def test_builtin_dpo_learns_the_preference(tmp_path: Path) -> None:
     assert records[-1]["implicit_acc"] > 0.5 and records[-1]["loss"] < math.log(2.0)
 
 
+def _conditionings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cond_dropout: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The class embeddings of every denoiser call while training with ``cond_dropout``,
+    and the null class's embedding."""
+    gen = tiny_builtin()
+    seen: list[torch.Tensor] = []
+    original = ClassConditionalUNet.forward
+
+    def spy(
+        self: ClassConditionalUNet, sample: torch.Tensor, t: object, embeds: torch.Tensor
+    ) -> torch.Tensor:
+        seen.append(embeds.detach().clone())
+        return original(self, sample, t, embeds)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClassConditionalUNet, "forward", spy)
+    train_builtin_diffusion_dpo(
+        gen,
+        bright_dark_pairs(8),
+        dpo_cfg(steps=25, batch_size=4, cond_dropout=cond_dropout),
+        out_dir=tmp_path,
+        seed=0,
+    )
+    monkeypatch.undo()
+    null = gen.model.embed(torch.tensor([gen.model.null_label])).detach()[0]
+    return seen, null
+
+
+def test_cond_dropout_trains_a_share_of_pairs_on_the_null_class(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The reference script's --proportion_empty_prompts: a share of the pairs is conditioned
+    on the unconditional input, the same for both images of a pair and for the reference."""
+    seen, null = _conditionings(monkeypatch, tmp_path / "a", 0.5)
+    assert len(seen) == 2 * 25  # trained forward and reference, one call each per step
+    dropped = []
+    for trained, reference in zip(seen[::2], seen[1::2], strict=True):
+        assert torch.equal(trained, reference)
+        chosen, rejected = trained.chunk(2)
+        assert torch.equal(chosen, rejected)  # a pair shares its conditioning
+        dropped += [bool(torch.equal(row, null)) for row in chosen]
+    share = sum(dropped) / len(dropped)
+    assert 0.35 < share < 0.65, share  # 100 draws at p = 0.5
+    # Without it no pair sees the null class (the pairs' labels are 0 and 1).
+    seen, null = _conditionings(monkeypatch, tmp_path / "b", 0.0)
+    assert not any(torch.equal(row, null) for call in seen for row in call)
+
+
+def test_cond_dropout_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="cond_dropout"):
+        DiffusionDPOConfig(cond_dropout=1.0)
+
+
 # 3. bad input ----------------------------------------------------------------------------
 
 
@@ -436,6 +489,44 @@ def test_diffusers_dpo_trains_lora_saves_and_loads(tmp_path: Path) -> None:
     fresh = DiffusersGenerator(tiny_sd_pipeline(), model="tiny-sd", steps=2, batch_size=2)
     fresh.load_lora(tmp_path / saved["lora_file"])
     assert [s.payload for s in fresh.generate([request], progress=False)] == trained_images
+
+
+def test_diffusers_dpo_cond_dropout_uses_the_empty_prompt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from utilgen.generate.diffusers_backend import DiffusersGenerator
+
+    gen = DiffusersGenerator(tiny_sd_pipeline(), model="tiny-sd", steps=2, batch_size=2)
+    pipeline = gen.pipeline
+    with torch.no_grad():
+        empty = pipeline.encode_prompt([""], pipeline.device, 1, False)[0][0].float()
+    seen: list[torch.Tensor] = []
+    original = UNet2DConditionModel.forward
+
+    def spy(
+        self: UNet2DConditionModel,
+        sample: torch.Tensor,
+        t: object,
+        states: torch.Tensor,
+        **kw: object,
+    ) -> object:
+        seen.append(states.detach().float().clone())
+        return original(self, sample, t, states, **kw)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    train_diffusers_dpo(
+        gen,
+        sd_pairs(4),
+        dpo_cfg(steps=8, batch_size=2, lora_rank=2, cond_dropout=0.5),
+        out_dir=tmp_path,
+        seed=0,
+    )
+    monkeypatch.undo()
+    rows = [row for call in seen for row in call]
+    is_empty = [bool(torch.equal(row, empty)) for row in rows]
+    assert any(is_empty) and not all(is_empty)
 
 
 def test_diffusers_dpo_bad_settings(tmp_path: Path) -> None:

@@ -116,6 +116,15 @@ class DiffusionDPOConfig(Section):
     )
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     log_every: int = Field(10, ge=1, description="Optimiser steps between log records.")
+    cond_dropout: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of pair draws trained on the unconditional input (the null class, "
+        "the empty prompt) instead of their own, so that the branch classifier-free guidance "
+        "extrapolates from learns the preference too (the reference script's "
+        "--proportion_empty_prompts). 0 conditions every pair on its own class or prompt.",
+    )
 
 
 class FeedbackConfig(Section):

@@ -38,14 +38,19 @@ Implicit rewards: ``reward_w = -0.5 beta_dpo (model_err_w - ref_err_w)`` (likewi
 Trainers. :func:`train_builtin_diffusion_dpo` trains the built-in class-conditional UNet
 (LoRA on its convolutions and projections, merged into the weights afterwards, or every
 weight), :func:`train_diffusers_dpo` a Stable Diffusion U-Net (LoRA, saved in diffusers'
-format). The reference is the model with its LoRA adapter switched off (no second copy),
-or a frozen copy for a full fine-tune. Both run through ``accelerate`` (DDP under
-``accelerate launch``; each process takes its share of every batch), accumulate gradients,
-clip them, use AdamW at a constant learning rate (weight decay 1e-2, the reference
-script's) and autocast to fp16/bf16 on CUDA only. Every random draw (batch order, noise,
-timesteps, LoRA initialisation) comes from ``seed``. Logs: ``out_dir/log.jsonl`` and
-TensorBoard ``out_dir/tensorboard`` (means over the step's batches and the processes);
-``out_dir/result.json`` is written last, by process 0, which alone writes files.
+format). The reference is the model with its LoRA adapter switched off (no second copy), or
+a frozen copy for a full fine-tune. A share ``cond_dropout`` of the pair draws (0.2, the
+reference script's ``--proportion_empty_prompts``) is conditioned on the unconditional
+input, the null class or the empty prompt, for both images and the reference: the samplers
+use classifier-free guidance, which extrapolates from that branch. Both run through
+``accelerate`` (DDP under ``accelerate launch``; each process takes its share of every
+batch), accumulate gradients, clip them, use AdamW at a constant learning rate (weight decay
+1e-2, the reference script's) and autocast to fp16/bf16 on CUDA only. Every random draw
+(batch order, noise, timesteps, dropped conditionings, LoRA initialisation) comes from
+``seed``. Logs:
+``out_dir/log.jsonl`` and TensorBoard ``out_dir/tensorboard`` (means over the step's batches
+and the processes); ``out_dir/result.json`` is written last, by process 0, which alone
+writes files.
 
 Several processes: ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs;
 on CPUs ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N script.py`` (accelerate's
@@ -282,7 +287,8 @@ class _Denoiser:
 
     ``forward(noisy, timesteps, cond)`` and ``reference(...)`` predict the scheduler's
     target; ``clean(idx)`` gives the model-space preferred and dispreferred images of
-    pairs ``idx`` and ``cond(idx)`` their conditioning, all on the training device.
+    pairs ``idx``, ``cond(idx)`` their conditioning and ``null(n)`` n rows of the
+    unconditional one, all on the training device.
     """
 
     forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -290,6 +296,7 @@ class _Denoiser:
     params: list[nn.Parameter]
     clean: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     cond: Callable[[torch.Tensor], torch.Tensor]
+    null: Callable[[int], torch.Tensor]
     no_sync: Callable[[], contextlib.AbstractContextManager[Any]]
 
 
@@ -444,6 +451,14 @@ def _run_dpo(
                     noisy = scheduler.add_noise(clean, noise2, t2)
                     target_w, target_l = _targets(scheduler, clean, noise2, t2).chunk(2)
                     cond = denoiser.cond(idx)
+                    if cfg.cond_dropout > 0:
+                        # Drawn for the global batch, like the pairs, so that the stream
+                        # is the same whatever the number of processes; no draw at 0.
+                        drop = torch.rand(len(global_idx), generator=generator)
+                        keep = drop[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                        mask = (keep < cfg.cond_dropout).to(device)
+                        mask = mask.view(-1, *[1] * (cond.dim() - 1))
+                        cond = torch.where(mask, denoiser.null(n), cond)
                     cond = cond.repeat(2, *[1] * (cond.dim() - 1))
                     sync = k == accumulate - 1
                     with contextlib.nullcontext() if sync else denoiser.no_sync():
@@ -613,6 +628,7 @@ def train_builtin_diffusion_dpo(
         params=params,
         clean=lambda idx: (chosen[idx].to(device), rejected[idx].to(device)),
         cond=cond,
+        null=lambda n: model.embed(torch.full((n,), model.null_label, device=device)),
         no_sync=lambda: accelerator.no_sync(prepared),
     )
 
@@ -741,9 +757,12 @@ def train_diffusers_dpo(
             latents.append((torch.cat(encoded) * vae.config.scaling_factor).float().cpu())
         prompts = sorted({p.prompt for p in pairs})
         embeds, _ = pipeline.encode_prompt(prompts, vae.device, 1, False)
+        # The empty prompt's embedding: the unconditional input of classifier-free guidance.
+        empty, _ = pipeline.encode_prompt([""], vae.device, 1, False)
     chosen, rejected = latents
     prompt_index = torch.tensor([prompts.index(p.prompt) for p in pairs])
     embeds = embeds.float().cpu()
+    empty = empty.float().cpu()
     weights = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
 
@@ -770,6 +789,7 @@ def train_diffusers_dpo(
         params=params,
         clean=lambda idx: (chosen[idx].to(device), rejected[idx].to(device)),
         cond=lambda idx: embeds[prompt_index[idx]].to(device),
+        null=lambda n: empty.expand(n, *empty.shape[1:]).to(device),
         no_sync=lambda: accelerator.no_sync(prepared),
     )
 
