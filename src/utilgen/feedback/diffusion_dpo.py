@@ -47,10 +47,9 @@ use classifier-free guidance, which extrapolates from that branch. Both run thro
 batch), accumulate gradients, clip them, use AdamW at a constant learning rate (weight decay
 1e-2, the reference script's) and autocast to fp16/bf16 on CUDA only. Every random draw
 (batch order, noise, timesteps, dropped conditionings, LoRA initialisation) comes from
-``seed``. Logs:
-``out_dir/log.jsonl`` and TensorBoard ``out_dir/tensorboard`` (means over the step's batches
-and the processes); ``out_dir/result.json`` is written last, by process 0, which alone
-writes files.
+``seed``. Logs: ``out_dir/log.jsonl`` and TensorBoard ``out_dir/tensorboard`` (means over
+the step's batches and the processes); ``out_dir/result.json`` is written last, by process
+0, which alone writes files.
 
 Several processes: ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs;
 on CPUs ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node N script.py`` (accelerate's
