@@ -454,8 +454,8 @@ def _run_dpo(
                         # Drawn for the global batch, like the pairs, so that the stream
                         # is the same whatever the number of processes; no draw at 0.
                         drop = torch.rand(len(global_idx), generator=generator)
-                        keep = drop[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-                        mask = (keep < cfg.cond_dropout).to(device)
+                        local = drop[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                        mask = (local < cfg.cond_dropout).to(device)
                         mask = mask.view(-1, *[1] * (cond.dim() - 1))
                         cond = torch.where(mask, denoiser.null(n), cond)
                     cond = cond.repeat(2, *[1] * (cond.dim() - 1))
