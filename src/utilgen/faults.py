@@ -36,6 +36,7 @@ POINTS: dict[str, str] = {
     "feedback.pairs": "preference pairs written, the DPO adapter not trained",
     "feedback.trained": "the DPO adapter trained and saved, result.json not written",
     "policy.planned": "instance-level requests computed, not yet saved",
+    "control.scored": "the control arm generated and judged, control.parquet not written",
     "summary.before": "every round finished, summary.json not written",
     "report.before": "summary.json and report.md written, report.html not",
 }

@@ -68,6 +68,8 @@ def test_overrides_do_not_mutate_the_input() -> None:
         (["data.source=csv"], "data.path is required"),
         (["seed"], "must look like section.key=value"),
         (["task=3", "task.epochs=2"], "'task' is a value, not a section"),
+        (["feedback.control=true"], "feedback.control compares the last round with the "
+         "generator before dpo feedback: add dpo to feedback.components"),
     ],
 )
 def test_bad_config_fails_in_one_line_naming_the_key(overrides: list[str], expected: str) -> None:

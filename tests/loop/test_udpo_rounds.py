@@ -50,13 +50,18 @@ def config(*sets: str) -> RunConfig:
 
 def prepared(cfg: RunConfig) -> Prepared:
     base = prepare(cfg, with_generator=False)
-    model, tokenizer = tiny_llama()
-    generator = CausalLMGenerator(
-        model, tokenizer, batch_size=10, sampling=SamplingSettings(max_new_tokens=8),
-        cleaning=cfg.generator.text_filters,
-    )
+
+    def generator() -> CausalLMGenerator:
+        model, tokenizer = tiny_llama()
+        return CausalLMGenerator(
+            model, tokenizer, batch_size=10, sampling=SamplingSettings(max_new_tokens=8),
+            cleaning=cfg.generator.text_filters,
+        )
+
     requests = static_requests(cfg.generator, splits=base.splits, seed=cfg.seed, round_index=1)
-    return replace(base, generator=generator, requests=tuple(requests))
+    return replace(
+        base, generator=generator(), requests=tuple(requests), base_generator=generator
+    )
 
 
 def synthetic_generators(run_dir: Path) -> dict[int, set[str]]:
@@ -67,7 +72,7 @@ def synthetic_generators(run_dir: Path) -> dict[int, set[str]]:
 
 def test_udpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     run_dir = tmp_path / "udpo"
-    first = prepared(config())
+    first = prepared(config("feedback.control=true"))
     assert first.generator is not None
     base_name = first.generator.name
     run(first.config, run_dir, prepared=first)
@@ -82,6 +87,17 @@ def test_udpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     assert synthetic_generators(run_dir) == {1: {base_name}, 2: {f"{base_name}+{result['tag']}"}}
     log = (run_dir / "rounds/001/adapters/dpo/log.jsonl").read_text().splitlines()
     assert log and "rewards/accuracies" in json.loads(log[-1])
+
+    # The control arm: round 2's prompts and seeds once more from the base LM, filtered and
+    # scored as the round was, kept out of the pool and paired with round 2 by id.
+    control = pd.read_parquet(run_dir / "rounds/002/control.parquet")
+    round2 = manifest[(manifest["source"] == "synthetic") & (manifest["round"] == 2)]
+    assert sorted(control["id"]) == sorted(round2.index)
+    assert control["margin"].notna().tolist() == control["kept"].tolist()
+    treated = pd.read_parquet(run_dir / "rounds/002/scores.parquet")
+    effect = json.loads((run_dir / "feedback_effect.json").read_text())["control"]
+    assert effect["n_paired"] == len(set(treated["id"]) & set(control[control["kept"]]["id"]))
+    assert effect["n_paired"] > 0 and effect["tests"].keys() == {"margin"}
 
 
 @pytest.mark.parametrize("lora", [True, False])

@@ -39,4 +39,9 @@ def prepared(cfg: RunConfig) -> Prepared:
     requests = builtin_class_requests(
         names, per_class=PER_CLASS, seed=cfg.seed, round_index=1, cfg=cfg.generator.builtin
     )
-    return replace(base, generator=tiny_generator(names), requests=tuple(requests))
+    return replace(
+        base,
+        generator=tiny_generator(names),
+        requests=tuple(requests),
+        base_generator=lambda: tiny_generator(names),
+    )

@@ -65,11 +65,12 @@ _BASE: dict[str, Any] = {
 }
 
 FEEDBACK: dict[str, dict[str, Any]] = {
-    # model level: Diffusion-DPO on round 1's marginal-ranked pairs
+    # model level: Diffusion-DPO on round 1's marginal-ranked pairs, and the control arm
     "dpo": {
         "components": ["dpo"],
         "pairs": {"score": "marginal", "ratio": 0.5},
         "diffusion_dpo": {"steps": 3, "batch_size": 4},
+        "control": True,
     },
     # instance level: round 2's requests carry optimised class embeddings and noise
     "instance": {

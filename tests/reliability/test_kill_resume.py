@@ -50,6 +50,7 @@ CASES: list[tuple[str, str, str]] = [
     ("dpo", "select.applied@2", "round 2 selection recorded, the student not trained"),
     ("dpo", "train.checkpoint@9", "round 2 training, after its last epoch"),
     ("dpo", "round.trained@2", "round 2 student trained, its metrics.json not written"),
+    ("dpo", "control.scored", "control arm generated and judged, not written"),
     ("dpo", "summary.before", "every round finished, summary.json not written"),
     ("dpo", "report.before", "summary.json and report.md written, report.html not"),
     ("instance", "policy.planned", "round 2: prompt ascent + noise optimised, not saved"),

@@ -146,6 +146,16 @@ class FeedbackConfig(Section):
     hard_samples: HardSampleConfig = Field(default_factory=HardSampleConfig)
     prompt_ascent: PromptAscentConfig = Field(default_factory=PromptAscentConfig)
     noise_opt: NoiseOptimisationConfig = Field(default_factory=NoiseOptimisationConfig)
+    control: bool = Field(
+        False,
+        description="After the last round, generate its requests again (same prompts, seeds "
+        "and instance-level inputs) with the generator as it was before any dpo feedback, "
+        "score them with the same stage-1 classifier and test the paired difference "
+        "(feedback_effect.json's control, feedback_control.png). Rounds 1 and r use "
+        "different requests, so this is the like-for-like measure of what dpo changed. "
+        "Costs one more generation pass of the last round; the control samples are never "
+        "trained on and do not count against loop.budget. Needs dpo in components.",
+    )
 
     @field_validator("components")
     @classmethod

@@ -72,6 +72,11 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _feedback_fits(self) -> RunConfig:
+        if self.feedback.control and "dpo" not in self.feedback.components:
+            raise ValueError(
+                "feedback.control compares the last round with the generator before dpo "
+                "feedback: add dpo to feedback.components or set feedback.control=false"
+            )
         if not self.feedback.components:
             return self
         if self.loop.rounds < 2:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from utilgen.loop.training_set import ratio_caps
 from utilgen.pool import PoolStore, Sample, samples_from_labelled
 from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
-from utilgen.report.feedback_effect import write_feedback_effect
+from utilgen.report.feedback_effect import CONTROL_FILE, write_feedback_effect
 from utilgen.report.html import build_run_html
 from utilgen.scale import check_backend, trainer_on_backend, warm_actors
 from utilgen.task import (
@@ -80,6 +81,9 @@ class Prepared:
     generator: Generator | None = None
     requests: tuple[GenerationRequest, ...] = ()
     imported: tuple[Sample, ...] = ()  # offline mode's pre-generated samples
+    # Builds the generator afresh, as it is before any feedback: feedback.control's base
+    # (the run's own generator is updated in place by dpo feedback).
+    base_generator: Callable[[], Generator] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,13 +148,14 @@ def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
     check_first_round_budget(config.loop.budget, _projected(unbuilt, 1))
     if "hard_samples" in config.feedback.components:
         _check_hard_samples(config, splits)
-    generator = build_generator(
+    build = partial(
+        build_generator,
         config.generator,
         splits=splits,
         device=resolve_device(config.loop.device),
         seed=config.seed,
     )
-    return Prepared(config, splits, model, generator, requests)
+    return Prepared(config, splits, model, build(), requests, base_generator=build)
 
 
 def _projected(prepared: Prepared, round_index: int) -> Cost:
@@ -295,6 +300,49 @@ def _round_metrics(run_dir: Path, round_index: int) -> dict[str, Any] | None:
     return metrics
 
 
+def _round_context(
+    prepared: Prepared, generator: Generator, run_dir: Path, round_index: int, judge: TaskModel
+) -> RoundContext:
+    cfg = prepared.config
+    return RoundContext(
+        config=cfg,
+        splits=prepared.splits,
+        generator=generator,
+        round_index=round_index,
+        out=round_dir(run_dir, round_index),
+        previous=round_dir(run_dir, round_index - 1),
+        judge=judge,
+        new_model=lambda: build_model(cfg, prepared.splits),
+    )
+
+
+def _control_arm(prepared: Prepared, run_dir: Path, round_index: int) -> None:
+    """``feedback.control``: round ``round_index``'s requests generated again by a freshly
+    built generator (the weights before any dpo feedback), judged, and written to
+    ``rounds/NNN/control.parquet`` (:mod:`utilgen.loop.control`); skipped when written."""
+    from utilgen.loop.control import control_scores, write_control
+
+    out = round_dir(run_dir, round_index)
+    if (out / CONTROL_FILE).exists():
+        return
+    cfg = prepared.config
+    if prepared.base_generator is None:
+        raise UtilgenError("internal: feedback.control needs Prepared.base_generator")
+    judge, judge_checkpoints = stage1_judge(
+        build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
+    )
+    base = prepared.base_generator()
+    # The round's own requests: its optimised or hard-sample requests are read back from
+    # the files the round wrote, not planned again.
+    context = _round_context(prepared, base, run_dir, round_index, judge)
+    requests = round_requests(context, prepared.requests)
+    frame = control_scores(
+        base, requests, cfg, prepared.splits, judge, judge_checkpoints, round_index
+    )
+    fault_point("control.scored")
+    write_control(out, frame)
+
+
 def _generation_round(
     prepared: Prepared,
     generator: Generator | None,
@@ -311,16 +359,7 @@ def _generation_round(
     requests: Sequence[GenerationRequest] = ()
     optimisation = 0
     if generator is not None:
-        context = RoundContext(
-            config=cfg,
-            splits=prepared.splits,
-            generator=generator,
-            round_index=round_index,
-            out=out,
-            previous=round_dir(run_dir, round_index - 1),
-            judge=judge,
-            new_model=lambda: build_model(cfg, prepared.splits),
-        )
+        context = _round_context(prepared, generator, run_dir, round_index, judge)
         requests = round_requests(context, prepared.requests)
         if round_index >= 2:
             optimisation = optimisation_calls(cfg, len(requests))
@@ -405,7 +444,8 @@ def run(
     4. stage 1: train on real data with a checkpoint per epoch, evaluate
     5. rounds 1..loop.rounds: (feedback from the previous round,) generate, filter, judge
        label fidelity and utility, retrain, evaluate
-    6. summary.json, report.md and (``report``) report.html
+    6. ``feedback.control``: the last round's requests generated without dpo feedback
+    7. summary.json, report.md and (``report``) report.html
     """
     run_dir = Path(run_dir)
     # 1. check inputs
@@ -437,7 +477,11 @@ def run(
         # 5. generation rounds, feedback between them, until a stopping rule fires
         finished, reason = _generation_rounds(prepared, store, run_dir, metrics)
 
-        # 6. summary and report, written last
+        # 6. feedback.control: the last round's requests without the dpo feedback
+        if config.feedback.control and len(finished) >= 3:
+            _control_arm(prepared, run_dir, len(finished) - 1)
+
+        # 7. summary and report, written last
         summary = _summary(config, finished[-1], prepared.splits.train.name)
         summary["stop"] = _stop_record(reason, finished)
         if len(finished) >= 3:

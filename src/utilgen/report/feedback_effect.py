@@ -12,6 +12,13 @@ Scores that are fit afresh on each round's samples (``meta_weight``: a weight ne
 that round; ``vog``, ``composite``: normalised per class within the round) are relative
 within a round; their comparison across rounds is reported but only the absolute scores
 (``marginal``, ``margin``, ``entropy``, ``loss``, ``similarity``) measure a shift.
+
+Rounds draw their own prompts and seeds, so the round tests mix feedback's effect with the
+difference between two draws of requests. A run with ``feedback.control`` also holds the
+last round's requests generated without model-level feedback (``rounds/NNN/control.parquet``,
+written by :mod:`utilgen.loop.control`); :func:`control_effect` pairs each of the round's
+samples with its control by id (same request, same noise) and tests the paired differences
+with the one-sided Wilcoxon signed-rank test, plotted in ``RUN/feedback_control.png``.
 """
 
 from __future__ import annotations
@@ -24,13 +31,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 from utilgen.atomic import write_bytes_atomic, write_json_atomic
 from utilgen.config import RunConfig
 
 EFFECT_JSON = "feedback_effect.json"
 EFFECT_PLOT = "feedback_effect.png"
+CONTROL_FILE = "control.parquet"
+CONTROL_PLOT = "feedback_control.png"
 ABSOLUTE_SCORES = ("marginal", "margin", "entropy", "loss", "similarity")
 LOWER_IS_BETTER = ("entropy", "loss")
 
@@ -50,6 +59,15 @@ def mann_whitney_greater(after: np.ndarray, before: np.ndarray) -> tuple[float, 
     if not len(after) or not len(before):
         return math.nan, math.nan
     result = mannwhitneyu(after, before, alternative="greater")
+    return float(result.statistic), float(result.pvalue)
+
+
+def wilcoxon_greater(differences: np.ndarray) -> tuple[float, float]:
+    """(W statistic, one-sided p) for "the paired ``differences`` are centred above 0"
+    (Wilcoxon signed-rank, zero differences dropped); (nan, nan) when none is non-zero."""
+    if not np.any(differences != 0):
+        return math.nan, math.nan
+    result = wilcoxon(differences, alternative="greater")
     return float(result.statistic), float(result.pvalue)
 
 
@@ -108,6 +126,7 @@ def feedback_effect(
                 "absolute": name in ABSOLUTE_SCORES,
             }
     fidelity = [e["label_fidelity"] for e in per_round]
+    control = control_effect(run_dir, config.loop.rounds, frames, per_round)
     return {
         "rounds": per_round,
         "tests": tests,
@@ -118,6 +137,74 @@ def feedback_effect(
         "pair_score": (
             config.feedback.pairs.score if "dpo" in config.feedback.components else None
         ),
+        "control": control,
+    }
+
+
+def _control_round(run_dir: Path, rounds: int) -> int | None:
+    """The last round with a ``control.parquet`` (the loop may stop before loop.rounds)."""
+    for r, path in reversed(_round_dirs(run_dir, rounds)):
+        if (path / CONTROL_FILE).exists():
+            return r
+    return None
+
+
+def paired_differences(
+    run_dir: Path, rounds: int, frames: dict[int, pd.DataFrame]
+) -> pd.DataFrame | None:
+    """Each of the control round's scored samples next to its control (joined by id; score
+    columns suffixed ``_feedback`` and ``_control``); None without a control."""
+    r = _control_round(run_dir, rounds)
+    if r is None or r not in frames:
+        return None
+    control = pd.read_parquet(run_dir / "rounds" / f"{r:03d}" / CONTROL_FILE)
+    return frames[r].merge(
+        control[control["kept"]], on="id", suffixes=("_feedback", "_control"), validate="1:1"
+    )
+
+
+def control_effect(
+    run_dir: Path,
+    rounds: int,
+    frames: dict[int, pd.DataFrame],
+    per_round: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """The last round against its control (same requests, generator before dpo feedback):
+    label fidelity of both, and per absolute score the paired mean difference, the shares
+    of pairs that got better and worse, and the one-sided Wilcoxon signed-rank test that
+    feedback raised the score (lowered it for entropy and loss). None without a control."""
+    r = _control_round(run_dir, rounds)
+    if r is None:
+        return None
+    control = pd.read_parquet(run_dir / "rounds" / f"{r:03d}" / CONTROL_FILE)
+    feedback_fidelity = next((e["label_fidelity"] for e in per_round if e["round"] == r), None)
+    joined = paired_differences(run_dir, rounds, frames)
+    tests: dict[str, dict[str, Any]] = {}
+    for name in [c for c in control.columns if c in ABSOLUTE_SCORES]:
+        if joined is None or f"{name}_feedback" not in joined:
+            continue
+        after = joined[f"{name}_feedback"].to_numpy(dtype=np.float64)
+        before = joined[f"{name}_control"].to_numpy(dtype=np.float64)
+        better = before - after if name in LOWER_IS_BETTER else after - before
+        w, p = wilcoxon_greater(better)
+        tests[name] = {
+            "mean_control": float(before.mean()) if len(before) else math.nan,
+            "mean_feedback": float(after.mean()) if len(after) else math.nan,
+            "mean_difference": float((after - before).mean()) if len(after) else math.nan,
+            "share_better": float((better > 0).mean()) if len(better) else math.nan,
+            "share_worse": float((better < 0).mean()) if len(better) else math.nan,
+            "improvement": "lower" if name in LOWER_IS_BETTER else "higher",
+            "wilcoxon_w": w,
+            "p_one_sided": p,
+        }
+    return {
+        "round": r,
+        "n_generated": len(control),
+        "n_kept": int(control["kept"].sum()),
+        "n_paired": 0 if joined is None else len(joined),
+        "label_fidelity_control": float(control["correct"].mean()) if len(control) else None,
+        "label_fidelity_feedback": feedback_fidelity,
+        "tests": tests,
     }
 
 
@@ -152,12 +239,44 @@ def plot_feedback_effect(frames: dict[int, pd.DataFrame], path: Path) -> Path | 
     return path
 
 
+def plot_control(joined: pd.DataFrame, path: Path) -> Path | None:
+    """Histograms of the paired differences (feedback minus control) of every absolute score
+    of ``joined`` (:func:`paired_differences`), written to ``path``; None when no score."""
+    names = [c[: -len("_control")] for c in joined.columns if c.endswith("_control")]
+    names = [n for n in names if n in ABSOLUTE_SCORES and f"{n}_feedback" in joined]
+    if not names or joined.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        diff = (joined[f"{name}_feedback"] - joined[f"{name}_control"]).to_numpy(np.float64)
+        ax.hist(diff, bins=31, color="tab:blue", alpha=0.7)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_title(f"{name}: feedback - control (mean {diff.mean():+.4f})", fontsize=9)
+        ax.set_xlabel("paired difference, same request and noise", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
 def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
-    """Write ``feedback_effect.json`` and ``feedback_effect.png``; returns the JSON's content."""
+    """Write ``feedback_effect.json``, ``feedback_effect.png`` and, for a run with a
+    control, ``feedback_control.png``; returns the JSON's content."""
     run_dir = Path(run_dir)
     frames = round_scores(run_dir, config.loop.rounds)
     effect = feedback_effect(run_dir, config, frames)
     plot = plot_feedback_effect(frames, run_dir / EFFECT_PLOT)
     effect["plot"] = plot.name if plot is not None else None
+    if effect["control"] is not None:
+        joined = paired_differences(run_dir, config.loop.rounds, frames)
+        control_plot = None if joined is None else plot_control(joined, run_dir / CONTROL_PLOT)
+        effect["control"]["plot"] = control_plot.name if control_plot is not None else None
     write_json_atomic(run_dir / EFFECT_JSON, effect)
     return effect
