@@ -53,7 +53,12 @@ def tiny_run(preset: str, strategy: str, out: Path, overrides: tuple[str, ...] =
         requests = builtin_class_requests(
             names, per_class=PER_CLASS, seed=cfg.seed, round_index=1, cfg=cfg.generator.builtin
         )
-        prepared = replace(prepared, generator=tiny_generator(names), requests=tuple(requests))
+        prepared = replace(
+            prepared,
+            generator=tiny_generator(names),
+            requests=tuple(requests),
+            base_generator=lambda: tiny_generator(names),
+        )
     run(cfg, out, prepared=prepared)
     return out
 
