@@ -254,9 +254,13 @@ def plot_control(joined: pd.DataFrame, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         diff = (joined[f"{name}_feedback"] - joined[f"{name}_control"]).to_numpy(np.float64)
+        _, p = wilcoxon_greater(-diff if name in LOWER_IS_BETTER else diff)
         ax.hist(diff, bins=31, color="tab:blue", alpha=0.7)
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_title(f"{name}: feedback - control (mean {diff.mean():+.4f})", fontsize=9)
+        ax.set_title(
+            f"{name}: feedback - control, mean {diff.mean():+.4f}, Wilcoxon p {p:.2g}",
+            fontsize=9,
+        )
         ax.set_xlabel("paired difference, same request and noise", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
