@@ -208,6 +208,18 @@ def control_effect(
     }
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """``fig`` as a PNG at ``path`` (atomically), then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
 def plot_feedback_effect(frames: dict[int, pd.DataFrame], path: Path) -> Path | None:
     """Histograms of every score of ``frames`` (round -> scores), rounds overlaid, written
     to ``path``; None when no round was scored."""
@@ -231,12 +243,7 @@ def plot_feedback_effect(frames: dict[int, pd.DataFrame], path: Path) -> Path | 
                 ax.hist(v, bins=bins, alpha=0.5, label=f"round {r} (mean {v.mean():.3f})")
         ax.set_title(name)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_control(joined: pd.DataFrame, path: Path) -> Path | None:
@@ -262,12 +269,7 @@ def plot_control(joined: pd.DataFrame, path: Path) -> Path | None:
             fontsize=9,
         )
         ax.set_xlabel("paired difference, same request and noise", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return _save_figure(fig, path)
 
 
 def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, Any]:
