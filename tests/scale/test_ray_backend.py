@@ -292,3 +292,42 @@ def test_a_round_resumed_on_ray_makes_only_what_the_pool_lacks(tmp_path: Path) -
         resumed = store.manifest()[list(COLUMNS)]
     assert before > 0 and added == len(local) - before
     pd.testing.assert_frame_equal(resumed, local)
+
+
+def test_control_arm_on_the_ray_backend_matches_the_local_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``feedback.control`` with ``loop.backend=ray``: the base generator is shipped to the
+    actors (not the DPO-tuned one the round used), and the control equals the local run's."""
+    from cli_helpers import TINY_BUILTIN, sets, utilgen
+
+    monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
+    shipped: list[str] = []
+    real_generate = RayExecutor.generate
+
+    def named(
+        self: RayExecutor,
+        generator: Generator,
+        requests: Sequence[GenerationRequest],
+        round_index: int,
+    ) -> Iterator[Sample]:
+        shipped.append(generator.name)
+        return real_generate(self, generator, requests, round_index)
+
+    monkeypatch.setattr(RayExecutor, "generate", named)
+    settings = [
+        "task.epochs=1", "data.k_shot=5", "data.max_per_class=20", "generator.per_class=4",
+        "valuation.scores=[marginal,margin]", "valuation.selection=[]",
+        "feedback.pairs.score=marginal", "feedback.pairs.ratio=0.5",
+        "feedback.diffusion_dpo.steps=2", "feedback.diffusion_dpo.batch_size=4",
+    ]  # fmt: skip
+    controls = {}
+    for backend in ("local", "ray"):
+        run = tmp_path / backend
+        overrides = [*settings, *TINY_BUILTIN, f"loop.backend={backend}", "ray.batch_size=8"]
+        assert utilgen("run", "digits-dpo", "--out", str(run), *sets(overrides)) == 0
+        controls[backend] = pd.read_parquet(run / "rounds/002/control.parquet")
+    # round 1 and the control by the base generator, round 2 by the tuned one (the built-in
+    # generator's name hashes its weights)
+    assert len(shipped) == 3 and shipped[0] == shipped[2] != shipped[1]
+    pd.testing.assert_frame_equal(controls["ray"], controls["local"])
