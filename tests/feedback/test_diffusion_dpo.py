@@ -412,6 +412,68 @@ def test_mixed_precision_on_cpu_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def _train_recording_dtypes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> tuple[BuiltinDiffusionGenerator, dict[str, torch.Tensor], list[torch.dtype]]:
+    """Train the tiny generator with ``mixed_precision=precision``; returns it, its weights
+    before, and the dtype of every prediction the loss saw."""
+    from utilgen.feedback import diffusion_dpo
+
+    seen: list[torch.dtype] = []
+    real_loss = diffusion_dpo.diffusion_dpo_loss
+
+    def recording(pred_w: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(pred_w.dtype)
+        return real_loss(pred_w, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(diffusion_dpo, "diffusion_dpo_loss", recording)
+    gen = tiny_builtin()
+    before = {k: v.detach().cpu().clone() for k, v in gen.model.state_dict().items()}
+    train_builtin_diffusion_dpo(
+        gen, bright_dark_pairs(4), dpo_cfg(mixed_precision=precision), out_dir=tmp_path, seed=0
+    )
+    return gen, before, seen
+
+
+def _check_trained(
+    gen: BuiltinDiffusionGenerator, before: dict[str, torch.Tensor], out: Path
+) -> None:
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    after = {k: v.detach().cpu() for k, v in gen.model.state_dict().items()}
+    # the merged weights stay float32 (autocast only lowers the forward passes) and moved
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+def test_mixed_precision_path_autocasts_the_forward_passes_bf16_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixed-precision code path without a GPU: the CUDA-only guard lifted, bf16
+    autocast (which CPUs support) lowers the predictions, the float32 LoRA still trains."""
+    from utilgen.feedback import diffusion_dpo
+
+    monkeypatch.setattr(diffusion_dpo, "_check_settings", lambda cfg, device: None)
+    gen, before, seen = _train_recording_dtypes(tmp_path, monkeypatch, "bf16")
+    assert seen and set(seen) == {torch.bfloat16}
+    _check_trained(gen, before, tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16)]
+)
+def test_mixed_precision_on_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str, dtype: torch.dtype
+) -> None:
+    """On a GPU (fp16 with the gradient scaler, bf16 without): the predictions are in the
+    half dtype, the loss stays finite and the float32 weights train."""
+    gen, before, seen = _train_recording_dtypes(tmp_path, monkeypatch, precision)
+    assert seen and set(seen) == {dtype}
+    _check_trained(gen, before, tmp_path)
+
+
 # 4. Stable Diffusion through diffusers ----------------------------------------------------
 
 
