@@ -141,24 +141,23 @@ def feedback_effect(
     }
 
 
-def _control_round(run_dir: Path, rounds: int) -> int | None:
-    """The last round with a ``control.parquet`` (the loop may stop before loop.rounds)."""
+def read_control(run_dir: Path, rounds: int) -> tuple[int, pd.DataFrame] | None:
+    """(round, its ``control.parquet``) for the last round that has one (the loop may stop
+    before loop.rounds); None without a control."""
     for r, path in reversed(_round_dirs(run_dir, rounds)):
         if (path / CONTROL_FILE).exists():
-            return r
+            return r, pd.read_parquet(path / CONTROL_FILE)
     return None
 
 
 def paired_differences(
-    run_dir: Path, rounds: int, frames: dict[int, pd.DataFrame]
+    frames: dict[int, pd.DataFrame], round_index: int, control: pd.DataFrame
 ) -> pd.DataFrame | None:
-    """Each of the control round's scored samples next to its control (joined by id; score
-    columns suffixed ``_feedback`` and ``_control``); None without a control."""
-    r = _control_round(run_dir, rounds)
-    if r is None or r not in frames:
+    """Each of round ``round_index``'s scored samples next to its kept control (joined by
+    id; score columns suffixed ``_feedback`` and ``_control``); None if it scored nothing."""
+    if round_index not in frames:
         return None
-    control = pd.read_parquet(run_dir / "rounds" / f"{r:03d}" / CONTROL_FILE)
-    return frames[r].merge(
+    return frames[round_index].merge(
         control[control["kept"]], on="id", suffixes=("_feedback", "_control"), validate="1:1"
     )
 
@@ -173,12 +172,12 @@ def control_effect(
     label fidelity of both, and per absolute score the paired mean difference, the shares
     of pairs that got better and worse, and the one-sided Wilcoxon signed-rank test that
     feedback raised the score (lowered it for entropy and loss). None without a control."""
-    r = _control_round(run_dir, rounds)
-    if r is None:
+    found = read_control(run_dir, rounds)
+    if found is None:
         return None
-    control = pd.read_parquet(run_dir / "rounds" / f"{r:03d}" / CONTROL_FILE)
+    r, control = found
+    joined = paired_differences(frames, r, control)
     feedback_fidelity = next((e["label_fidelity"] for e in per_round if e["round"] == r), None)
-    joined = paired_differences(run_dir, rounds, frames)
     tests: dict[str, dict[str, Any]] = {}
     for name in [c for c in control.columns if c in ABSOLUTE_SCORES]:
         if joined is None or f"{name}_feedback" not in joined:
@@ -280,8 +279,9 @@ def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, A
     effect = feedback_effect(run_dir, config, frames)
     plot = plot_feedback_effect(frames, run_dir / EFFECT_PLOT)
     effect["plot"] = plot.name if plot is not None else None
-    if effect["control"] is not None:
-        joined = paired_differences(run_dir, config.loop.rounds, frames)
+    found = read_control(run_dir, config.loop.rounds)
+    if effect["control"] is not None and found is not None:
+        joined = paired_differences(frames, *found)
         control_plot = None if joined is None else plot_control(joined, run_dir / CONTROL_PLOT)
         effect["control"]["plot"] = control_plot.name if control_plot is not None else None
     write_json_atomic(run_dir / EFFECT_JSON, effect)
