@@ -10,7 +10,7 @@ workers import torch and utilgen (seconds each on a busy machine), hence ``slow`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,25 @@ def test_a_run_shares_one_executor_and_other_settings_replace_it() -> None:
     assert other is not executor and not executor.started
 
 
+def _spy_on_ray_generate(
+    monkeypatch: pytest.MonkeyPatch,
+    seen: Callable[[Generator, Sequence[GenerationRequest]], object],
+) -> None:
+    """Call ``seen(generator, requests)`` on every ``RayExecutor.generate``, then generate."""
+    real_generate = RayExecutor.generate
+
+    def spy(
+        self: RayExecutor,
+        generator: Generator,
+        requests: Sequence[GenerationRequest],
+        round_index: int,
+    ) -> Iterator[Sample]:
+        seen(generator, requests)
+        return real_generate(self, generator, requests, round_index)
+
+    monkeypatch.setattr(RayExecutor, "generate", spy)
+
+
 def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,18 +205,7 @@ def test_utilgen_run_with_the_ray_backend_matches_the_local_run(
 
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
     on_ray: list[int] = []
-    real_generate = RayExecutor.generate
-
-    def counted(
-        self: RayExecutor,
-        generator: Generator,
-        requests: Sequence[GenerationRequest],
-        round_index: int,
-    ) -> Iterator[Sample]:
-        on_ray.append(len(requests))
-        return real_generate(self, generator, requests, round_index)
-
-    monkeypatch.setattr(RayExecutor, "generate", counted)
+    _spy_on_ray_generate(monkeypatch, lambda generator, requests: on_ray.append(len(requests)))
     warmed: list[str] = []
     real_warm = RayExecutor.warm
 
@@ -303,18 +311,7 @@ def test_control_arm_on_the_ray_backend_matches_the_local_one(
 
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
     shipped: list[str] = []
-    real_generate = RayExecutor.generate
-
-    def named(
-        self: RayExecutor,
-        generator: Generator,
-        requests: Sequence[GenerationRequest],
-        round_index: int,
-    ) -> Iterator[Sample]:
-        shipped.append(generator.name)
-        return real_generate(self, generator, requests, round_index)
-
-    monkeypatch.setattr(RayExecutor, "generate", named)
+    _spy_on_ray_generate(monkeypatch, lambda generator, requests: shipped.append(generator.name))
     settings = [
         "task.epochs=1", "data.k_shot=5", "data.max_per_class=20", "generator.per_class=4",
         "valuation.scores=[marginal,margin]", "valuation.selection=[]",
