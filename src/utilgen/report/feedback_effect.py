@@ -126,7 +126,7 @@ def feedback_effect(
                 "absolute": name in ABSOLUTE_SCORES,
             }
     fidelity = [e["label_fidelity"] for e in per_round]
-    control = control_effect(run_dir, config.loop.rounds, frames, per_round)
+    control = control_effect(run_dir, config.loop.rounds, frames)
     return {
         "rounds": per_round,
         "tests": tests,
@@ -163,10 +163,7 @@ def paired_differences(
 
 
 def control_effect(
-    run_dir: Path,
-    rounds: int,
-    frames: dict[int, pd.DataFrame],
-    per_round: list[dict[str, Any]],
+    run_dir: Path, rounds: int, frames: dict[int, pd.DataFrame]
 ) -> dict[str, Any] | None:
     """The last round against its control (same requests, generator before dpo feedback):
     label fidelity of both, and per absolute score the paired mean difference, the shares
@@ -177,7 +174,8 @@ def control_effect(
         return None
     r, control = found
     joined = paired_differences(frames, r, control)
-    feedback_fidelity = next((e["label_fidelity"] for e in per_round if e["round"] == r), None)
+    metrics_file = run_dir / "rounds" / f"{r:03d}" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     tests: dict[str, dict[str, Any]] = {}
     for name in [c for c in control.columns if c in ABSOLUTE_SCORES]:
         if joined is None or f"{name}_feedback" not in joined:
@@ -202,7 +200,7 @@ def control_effect(
         "n_kept": int(control["kept"].sum()),
         "n_paired": 0 if joined is None else len(joined),
         "label_fidelity_control": float(control["correct"].mean()) if len(control) else None,
-        "label_fidelity_feedback": feedback_fidelity,
+        "label_fidelity_feedback": (metrics.get("label_fidelity") or {}).get("overall"),
         "tests": tests,
     }
 

@@ -423,11 +423,7 @@ def margin_blocks(run: ReportRun) -> list[Block]:
 def control_blocks(run: ReportRun, frames: dict[int, pd.DataFrame]) -> list[Block]:
     """With ``feedback.control``: the last round against the same requests generated before
     DPO, per absolute score (paired by request and noise; one-sided Wilcoxon signed-rank)."""
-    per_round = [
-        {"round": r, "label_fidelity": (m.get("label_fidelity") or {}).get("overall")}
-        for r, m in run.round_metrics.items()
-    ]
-    effect = control_effect(run.run_dir, max(frames), frames, per_round)
+    effect = control_effect(run.run_dir, max(frames), frames)
     if effect is None or not effect["tests"]:
         return []
     rows = tuple(
