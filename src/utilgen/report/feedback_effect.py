@@ -243,26 +243,25 @@ def plot_feedback_effect(frames: dict[int, pd.DataFrame], path: Path) -> Path | 
     return _save_figure(fig, path)
 
 
-def plot_control(joined: pd.DataFrame, path: Path) -> Path | None:
-    """Histograms of the paired differences (feedback minus control) of every absolute score
-    of ``joined`` (:func:`paired_differences`), written to ``path``; None when no score."""
-    names = [c[: -len("_control")] for c in joined.columns if c.endswith("_control")]
-    names = [n for n in names if n in ABSOLUTE_SCORES and f"{n}_feedback" in joined]
-    if not names or joined.empty:
+def plot_control(joined: pd.DataFrame, tests: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Histograms of the paired differences (feedback minus control) of every score that
+    :func:`control_effect` tested (``tests``, its p in the title), from ``joined``
+    (:func:`paired_differences`), written to ``path``; None when nothing was tested."""
+    if not tests or joined.empty:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.2), squeeze=False)
+    for ax, (name, test) in zip(axes[0], tests.items(), strict=True):
         diff = (joined[f"{name}_feedback"] - joined[f"{name}_control"]).to_numpy(np.float64)
-        _, p = wilcoxon_greater(-diff if name in LOWER_IS_BETTER else diff)
         ax.hist(diff, bins=31, color="tab:blue", alpha=0.7)
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_title(
-            f"{name}: feedback - control, mean {diff.mean():+.4f}, Wilcoxon p {p:.2g}",
+            f"{name}: feedback - control, mean {diff.mean():+.4f}, "
+            f"Wilcoxon p {test['p_one_sided']:.2g}",
             fontsize=9,
         )
         ax.set_xlabel("paired difference, same request and noise", fontsize=8)
@@ -277,10 +276,15 @@ def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, A
     effect = feedback_effect(run_dir, config, frames)
     plot = plot_feedback_effect(frames, run_dir / EFFECT_PLOT)
     effect["plot"] = plot.name if plot is not None else None
+    control = effect["control"]
     found = read_control(run_dir, config.loop.rounds)
-    if effect["control"] is not None and found is not None:
+    if control is not None and found is not None:
         joined = paired_differences(frames, *found)
-        control_plot = None if joined is None else plot_control(joined, run_dir / CONTROL_PLOT)
-        effect["control"]["plot"] = control_plot.name if control_plot is not None else None
+        control_plot = (
+            None
+            if joined is None
+            else plot_control(joined, control["tests"], run_dir / CONTROL_PLOT)
+        )
+        control["plot"] = control_plot.name if control_plot is not None else None
     write_json_atomic(run_dir / EFFECT_JSON, effect)
     return effect
