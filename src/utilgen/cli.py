@@ -33,13 +33,36 @@ app = typer.Typer(
     name="utilgen",
     help="Utility-guided synthetic training data: generate, value, select, feed back.\n\n"
     "Global flags, accepted anywhere on the line: --debug (tracebacks), --quiet (no progress).",
+    epilog="Examples:\n\n"
+    "  utilgen presets\n\n"
+    "  utilgen config show digits-static --help-keys\n\n"
+    "  utilgen run digits-static --dry-run\n\n"
+    "  utilgen run digits-static --out runs/static --set seed=1\n\n"
+    "  utilgen compare digits-static digits-gendataagent --seeds 3 --out runs/cmp\n\n"
+    "  utilgen demo --fast",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-pool_app = typer.Typer(help="Inspect, verify and export a run's sample pool.", no_args_is_help=True)
+pool_app = typer.Typer(
+    help="Inspect, verify and export a run's sample pool.",
+    epilog="Examples:\n\n"
+    "  utilgen pool show runs/static --limit 5\n\n"
+    "  utilgen pool verify runs/static\n\n"
+    "  utilgen pool export runs/static --format imagefolder --out exported/ --source synthetic",
+    no_args_is_help=True,
+)
 app.add_typer(pool_app, name="pool")
+config_app = typer.Typer(
+    help="Show or check a config before running it.",
+    epilog="Examples:\n\n"
+    "  utilgen config show digits-static --set seed=1\n\n"
+    "  utilgen config show digits-static --help-keys\n\n"
+    "  utilgen config validate my-config.yaml",
+    no_args_is_help=True,
+)
+app.add_typer(config_app, name="config")
 
 # Piped output has no terminal width; a results table must not be squeezed to 80 columns.
 out_console = Console(width=None if sys.stdout.isatty() else 160)
@@ -48,15 +71,21 @@ err_console = Console(stderr=True)
 ConfigArg = Annotated[
     str,
     typer.Argument(
-        help="YAML config file, or the name of a shipped preset (e.g. digits-real-only).",
+        help="YAML config file, or the name of a shipped preset (`utilgen presets`).",
         show_default=False,
+        metavar="CONFIG",
     ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key: section.key=value (repeatable)."),
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key: section.key=value (repeatable).",
+        metavar="KEY=VALUE",
+    ),
 ]
-RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]
+RunArg = Annotated[Path, typer.Argument(help="A run directory.", show_default=False, metavar="RUN")]
 
 
 def _resolve_config(config: str, overrides: list[str] | None) -> RunConfig:
@@ -83,13 +112,15 @@ def _root(
     "run",
     epilog="Examples:\n\n"
     "  utilgen run configs/digits-real-only.yaml --out runs/digits\n\n"
-    "  utilgen run bbc-news-real-only --set data.k_shot=20 --set seed=1",
+    "  utilgen run bbc-news-real-only --set data.k_shot=20 --set seed=1\n\n"
+    "  utilgen run digits-gendataagent --dry-run",
 )
 def run_cmd(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>).")
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default runs/<name>).", metavar="DIR"),
     ] = None,
     report: Annotated[
         bool,
@@ -98,6 +129,15 @@ def run_cmd(
             help="Write RUN/report.html (figures and a t-SNE: seconds to a minute).",
         ),
     ] = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the config against its data, print the plan (rounds, samples and "
+            "generator calls per round, feedback steps, files) and exit without loading a "
+            "model or creating the run directory.",
+        ),
+    ] = False,
     repair: Annotated[
         bool,
         typer.Option(
@@ -113,10 +153,19 @@ def run_cmd(
     """Run (or resume) a config into a run directory and print its results. A damaged run
     directory is refused unless --repair is given."""
     cfg = _resolve_config(config, set_)  # validate before the heavy imports
+    run_dir = out or Path("runs") / cfg.name
+    if dry_run:
+        if repair:
+            raise UtilgenError("--dry-run writes nothing and --repair writes: give one of them")
+        from utilgen.loop.dry_run import describe_plan
+        from utilgen.loop.run import check_run
+
+        out_console.print(describe_plan(check_run(cfg, run_dir), run_dir), markup=False)
+        return
     from utilgen.loop.run import run
     from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
-    result = run(cfg, out or Path("runs") / cfg.name, report=report, repair=repair)
+    result = run(cfg, run_dir, report=report, repair=repair)
     summary = RunSummary(result.run_dir, result.summary)
     fidelity = fidelity_rich_table(summary)
     if fidelity is not None:
@@ -133,7 +182,10 @@ def run_cmd(
 )
 def train_cmd(
     config: ConfigArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for checkpoints + metrics.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Directory for checkpoints + metrics.", metavar="DIR"),
+    ],
     set_: SetOpt = None,
 ) -> None:
     """Train the configured task model on the real training split (checkpoint per epoch)."""
@@ -152,9 +204,9 @@ def train_cmd(
 def eval_cmd(
     config: ConfigArg,
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", "-c", help="A .safetensors checkpoint.")
+        Path, typer.Option("--checkpoint", "-c", help="A .safetensors checkpoint.", metavar="FILE")
     ],
-    split: Annotated[str, typer.Option(help="train | val | test.")] = "test",
+    split: Annotated[str, typer.Option(help="train | val | test.", metavar="SPLIT")] = "test",
     set_: SetOpt = None,
 ) -> None:
     """Evaluate a checkpoint on a split of the configured data; prints metrics as JSON."""
@@ -168,7 +220,7 @@ def eval_cmd(
 @pool_app.command("show", epilog="Example:\n\n  utilgen pool show runs/digits --limit 5")
 def pool_show(
     run_dir: RunArg,
-    limit: Annotated[int, typer.Option(help="Rows of the manifest to print.")] = 10,
+    limit: Annotated[int, typer.Option(help="Rows of the manifest to print.", metavar="N")] = 10,
 ) -> None:
     """Counts per source, class and kept flag, then the first rows of the manifest."""
     from utilgen.pool import PoolStore
@@ -208,13 +260,16 @@ def pool_verify(run_dir: RunArg) -> None:
 )
 def pool_export(
     run_dir: RunArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Destination file or directory.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Destination file or directory.", metavar="PATH")
+    ],
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="imagefolder | jsonl | parquet.")
+        str, typer.Option("--format", "-f", help="imagefolder | jsonl | parquet.", metavar="FORMAT")
     ] = "parquet",
     kept_only: Annotated[bool, typer.Option(help="Export only kept samples.")] = True,
     source: Annotated[
-        str | None, typer.Option(help="Only samples of this source: real | synthetic.")
+        str | None,
+        typer.Option(help="Only samples of this source: real | synthetic.", metavar="SOURCE"),
     ] = None,
 ) -> None:
     """Export the pool to an ImageFolder, JSONL, or a `datasets`-loadable Parquet file."""
@@ -238,7 +293,8 @@ def report_cmd(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for report.html and report.md.")
+        Path,
+        typer.Option("--out", "-o", help="Directory for report.html and report.md.", metavar="DIR"),
     ] = Path("utilgen-report"),
 ) -> None:
     """Write a self-contained HTML + Markdown report over finished runs: multi-seed comparison,
@@ -279,7 +335,9 @@ def efficiency_cmd(
     fractions: Annotated[
         str,
         typer.Option(
-            "--fractions", help="Shares of each run's synthetic samples, in [0, 1], with 1."
+            "--fractions",
+            help="Shares of each run's synthetic samples, in [0, 1], with 1.",
+            metavar="LIST",
         ),
     ] = ",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
 ) -> None:
@@ -308,15 +366,21 @@ def compare_cmd(
     configs: Annotated[
         list[str], typer.Argument(help="Config files or preset names.", show_default=False)
     ],
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per config.")] = 3,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Seeds 0..N-1 per config.", metavar="N")
+    ] = 3,
     set_: SetOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Comparison directory.")] = Path(
-        "runs/compare"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Comparison directory.", metavar="DIR")
+    ] = Path("runs/compare"),
     jobs: Annotated[
         int,
         typer.Option(
-            "--jobs", "-j", min=1, help="Runs at once, each in its own process (default 1)."
+            "--jobs",
+            "-j",
+            min=1,
+            help="Runs at once, each in its own process (default 1).",
+            metavar="N",
         ),
     ] = 1,
 ) -> None:
@@ -336,13 +400,17 @@ def demo_cmd(
     fast: Annotated[
         bool, typer.Option("--fast", help="One seed, smaller budgets: a few minutes on 2 cores.")
     ] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo directory.", metavar="DIR")] = Path(
         "utilgen-demo"
     ),
     jobs: Annotated[
         int | None,
         typer.Option(
-            "--jobs", "-j", min=1, help="Runs at once (default: one per core, at most 2)."
+            "--jobs",
+            "-j",
+            min=1,
+            help="Runs at once (default: one per core, at most 2).",
+            metavar="N",
         ),
     ] = None,
 ) -> None:
@@ -371,13 +439,120 @@ def demo_cmd(
 )
 def feedback_cmd(
     run_dir: RunArg,
-    round_: Annotated[int, typer.Option("--round", "-r", help="The round whose scores feed back.")],
+    round_: Annotated[
+        int, typer.Option("--round", "-r", help="The round whose scores feed back.", metavar="N")
+    ],
 ) -> None:
     """Train one round's model-level (DPO) feedback; runs under `accelerate launch`."""
     from utilgen.loop.feedback_step import train_round_feedback
 
     result = train_round_feedback(run_dir, round_)
     out_console.print_json(json.dumps(result))
+
+
+@app.command("presets", epilog="Example:\n\n  utilgen presets")
+def presets_cmd() -> None:
+    """List the shipped presets (configs by name) with what each runs."""
+    from utilgen.config import preset_names, resolve_config
+
+    names = preset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        out_console.print(f"{name:<{width}}  {resolve_config(name).description}", markup=False)
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    help_keys: Annotated[
+        bool,
+        typer.Option("--help-keys", help="Print every key with its meaning and default."),
+    ] = False,
+) -> None:
+    """Print the fully resolved config (preset or file, plus overrides) as YAML, as a run
+    would write it to RUN/config.yaml."""
+    from utilgen.config import config_to_yaml
+    from utilgen.config.keys import describe_keys
+
+    cfg = _resolve_config(config, set_)
+    text = describe_keys(cfg) if help_keys else config_to_yaml(cfg).rstrip()
+    out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@config_app.command("validate")
+def config_validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check a config against its data without loading a model or training: the keys, the
+    device, the data and its splits (k-shot against the class sizes), round 1's requests
+    and the budget. Exit 0 when it would start, 2 with the problem otherwise."""
+    from utilgen.loop.run import plan_run, projected_cost
+
+    plan = plan_run(_resolve_config(config, set_))
+    train = plan.splits.train
+    first = projected_cost(plan, 1).synthetic_samples if plan.config.loop.rounds else 0
+    out_console.print(
+        f"{config}: valid ({train.name}: {train.num_classes} classes, {len(train)} training "
+        f"samples; round 1 makes {first} synthetic samples)",
+        markup=False,
+    )
+
+
+def _plain_words(command: Any) -> Any:
+    """``command`` (typer's click command tree) with its arguments shown as words in help:
+    ``CONFIG``, ``RUN...``, instead of typer's ``{config}`` and ``<list[Path]>`` (options
+    name their values with ``metavar``). Parameters are told apart by click's
+    ``param_type_name``: typer may carry its own copy of click, so no click class is
+    imported here."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            word = param.metavar or (param.name or "value").upper()
+            shown = (word if param.required else f"[{word}]") + ("..." if param.nargs != 1 else "")
+            plain = {
+                "get_usage_pieces": lambda self, ctx, shown=shown: [shown],
+                "get_help_record": lambda self, ctx, shown=shown: (shown, self.help or ""),
+            }
+            param.__class__ = type(f"Plain{type(param).__name__}", (type(param),), plain)
+    for sub in getattr(command, "commands", {}).values():
+        _plain_words(sub)
+    return command
+
+
+def _repeated_option(command: Any, args: list[str]) -> str | None:
+    """The first option of the invoked (sub)command given twice, where only once makes
+    sense (``--out a --out b``, ``--report --no-report``), as an error message; else None.
+    Click would silently keep the last one."""
+    words = list(args)
+    while words and words[0] in getattr(command, "commands", {}):
+        command = command.commands[words.pop(0)]
+    by_flag = {
+        flag: param
+        for param in command.params
+        if param.param_type_name == "option"
+        for flag in (*param.opts, *param.secondary_opts)
+    }
+    seen: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        index += 1
+        if word == "--":
+            break
+        flag = word.split("=", 1)[0] if word.startswith("--") else word
+        option = by_flag.get(flag)
+        if option is None:
+            continue
+        if not option.is_flag and "=" not in word:
+            index += 1  # its value, which may itself look like an option
+        if option.multiple or option.count:
+            continue
+        name = option.name or flag
+        if name in seen:
+            if option.secondary_opts:  # --report / --no-report
+                return f"{seen[name]} and {flag} both given; give one of them"
+            long = max(option.opts, key=len)
+            return f"{long} given twice ({seen[name]}, {flag}); give it once"
+        seen[name] = flag
+    return None
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -406,8 +581,12 @@ def main(argv: list[str] | None = None) -> Any:
     args = [a for a in args if a not in GLOBAL_FLAGS]
     set_quiet(quiet)
     _setup_logging(quiet)
+    command = _plain_words(typer.main.get_command(app))
+    repeated = _repeated_option(command, args)
+    if repeated is not None:
+        _fail(repeated)
     try:
-        code = app(args=args, prog_name="utilgen", standalone_mode=False)
+        code = command.main(args=args, prog_name="utilgen", standalone_mode=False)
     except UtilgenError as err:
         if debug:
             raise

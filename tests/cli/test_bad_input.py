@@ -96,6 +96,7 @@ def test_model_id_not_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "task.model=hf-text",
         "task.model_path=no-such-org/no-such-model",
         "data.max_per_class=10",
+        "data.k_shot=5",  # 10 a class leaves 6 for training
     ]
     _run_fails(
         tmp_path, capsys, "bbc-news-real-only", sets, "no-such-org/no-such-model", "model_path"

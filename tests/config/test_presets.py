@@ -14,7 +14,7 @@ from utilgen.config import RunConfig, preset_names, preset_path, resolve_config
 from utilgen.config.load import parse_override
 
 # Each ablation: (parent preset, the overrides that turn the parent into it). The overrides
-# are the whole intended difference; `name` and `strategy` differ as well.
+# are the whole intended difference; `name`, `description` and `strategy` differ as well.
 ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "digits-utilgen-no-meta-weight": (
         "digits-utilgen",
@@ -68,6 +68,7 @@ def _header(name: str) -> str:
 def test_every_preset_validates_names_itself_and_says_what_it_is(name: str) -> None:
     config = resolve_config(name)
     assert config.name == name  # run directories and reports are labelled by it
+    assert 20 <= len(config.description) <= 100  # `utilgen presets` prints it on one line
     assert len(_header(name)) > 80, f"{name}.yaml needs a header comment saying what it runs"
 
 
@@ -82,10 +83,13 @@ def test_ablation_differs_from_its_parent_in_exactly_the_intended_keys(ablation:
     parent_name, overrides = ABLATIONS[ablation]
     parent, config = resolve_config(parent_name), resolve_config(ablation)
     intended = {".".join(parse_override(o)[0]) for o in overrides}
-    assert _differing_keys(parent, config) == {"name", "strategy"} | intended
+    assert _differing_keys(parent, config) == {"name", "description", "strategy"} | intended
     # ... and with exactly the intended values: the parent plus the overrides is the ablation.
-    strategy = f"strategy={config.strategy}"
-    assert resolve_config(parent_name, [*overrides, f"name={ablation}", strategy]) == config
+    labels = [f"name={ablation}", f"strategy={config.strategy}"]
+    assert resolve_config(parent_name, [*overrides, *labels]).model_copy(
+        update={"description": config.description}
+    ) == config
+    assert config.description.startswith(f"Ablation of {parent_name}: ")
     assert config.strategy == f"{parent.strategy}-{ablation.removeprefix(parent_name + '-')}"
 
 

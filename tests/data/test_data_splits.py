@@ -114,11 +114,23 @@ def test_k_shot_warns_when_a_class_is_smaller_than_k(caplog: pytest.LogCaptureFi
 def test_split_for_config_subsamples_train_only() -> None:
     data = _data(COUNTS)
     full = split_for_config(data, DataConfig(source="digits"), seed=0)
-    few = split_for_config(data, DataConfig(source="digits", k_shot=2), seed=0)
-    assert _per_class(few.train) == {"a": 2, "b": 2, "c": 1}
+    few = split_for_config(data, DataConfig(source="digits", k_shot=1), seed=0)
+    assert _per_class(few.train) == {"a": 1, "b": 1, "c": 1}
     assert set(few.train.ids) <= set(full.train.ids)
     assert few.val.ids == full.val.ids and few.test.ids == full.test.ids
     other_fractions = split_for_config(
         data, DataConfig(source="digits", val_fraction=0.3, test_fraction=0.3), seed=0
     )
     assert _per_class(other_fractions.test) == {"a": 30, "b": 6, "c": 1}
+
+
+def test_k_shot_above_a_class_size_is_refused_unless_all_is_asked_for() -> None:
+    data = _data(COUNTS)  # class c keeps 1 of its 3 samples for training
+    with pytest.raises(DataError) as err:
+        split_for_config(data, DataConfig(source="digits", k_shot=2), seed=0)
+    message = str(err.value)
+    assert "data.k_shot=2" in message and "class 'c' has only 1 training sample" in message
+    assert "data.k_shot=all" in message and "\n" not in message
+    full = split_for_config(data, DataConfig(source="digits"), seed=0)
+    every = split_for_config(data, DataConfig(source="digits", k_shot="all"), seed=0)
+    assert every.train.ids == full.train.ids and every.unused_train is None

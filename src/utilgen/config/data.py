@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from utilgen.config.section import Section
 
@@ -31,12 +31,28 @@ class DataConfig(Section):
         0.15, gt=0.0, lt=0.5, description="Share of each class for validation."
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5, description="Share of each class for test.")
-    k_shot: int | None = Field(
-        None, ge=1, description="Real training samples kept per class (None keeps all)."
+    k_shot: int | Literal["all"] | None = Field(
+        None,
+        description="Real training samples kept per class; all (or null) keeps every one. "
+        "A class with fewer training samples than k_shot is an error, not a silent full-data "
+        "run.",
     )
     max_per_class: int | None = Field(
         None, ge=1, description="Cap on samples read per class before splitting (None: all)."
     )
+
+    @field_validator("k_shot", mode="before")
+    @classmethod
+    def _k_shot_is_a_count_or_all(cls, value: Any) -> Any:
+        # One message for both spellings, instead of pydantic's one per member of the union.
+        if value is None or value == "all":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"data.k_shot must be a whole number of samples per class (1 or more), all, "
+                f"or null; got {value!r}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import reprlib
 import sys
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from utilgen.atomic import write_text_atomic
+from utilgen.config.device import check_device_available
 from utilgen.config.run import RunConfig
 from utilgen.errors import ConfigError
 
@@ -99,21 +101,35 @@ def check_tree(raw: Any, origin: str, at: tuple[str, ...] = ()) -> None:
             stack.extend((child, (*where, i)) for i, child in enumerate(node))
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section an annotation holds: itself, or the item of a list of sections
+    (``list[SelectionRule]``) or an optional one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (model := _section_model(arg)) is not None:
+            return model
+    return None
+
+
 def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
     """Valid keys of the section that ``loc`` (a pydantic error location) points into."""
-    model: type[BaseModel] = RunConfig
+    model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if isinstance(part, int):  # an item of a list of sections
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = _section_model(getattr(field, "annotation", None))
+        if model is None:
             return []
-        model = annotation
-    return list(model.model_fields)
+    return list(model.model_fields) if model is not None else []
 
 
 def _one_line(err: ValidationError) -> str:
-    """The first validation error as ``key: problem (allowed / did you mean)``."""
-    first = err.errors(include_url=False)[0]
+    """The first validation error as ``key: problem (allowed / did you mean)``; an unknown
+    key comes first, since a typo in a key also leaves the key it meant missing."""
+    errors = err.errors(include_url=False)
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     # A key is named as typed, cut short: a YAML key can be any text, even a whole file.
     parts = [str(p) if isinstance(p, (str, int)) else show(p) for p in loc]
@@ -186,7 +202,14 @@ def config_from_dict(
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides; its
+    ``loop.device`` must exist on this machine (the config is about to run here)."""
+    config = _load_config(path, overrides)
+    check_device_available(config.loop.device)
+    return config
+
+
+def _load_config(path: str | Path | None, overrides: list[str] | None) -> RunConfig:
     raw: Any = {}
     if path is None:
         return config_from_dict(raw, overrides)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from utilgen.config.device import DEVICE_FORMS, check_device_spelling
 from utilgen.config.section import Section
 
 LoopMode = Literal["on-the-fly", "offline"]
@@ -87,13 +88,22 @@ class LoopConfig(Section):
     )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N.")
+    device: str = Field(
+        "auto",
+        description=f"Torch device: {DEVICE_FORMS}; auto takes CUDA when torch sees a GPU. "
+        "A device this machine lacks is refused when the config loads.",
+    )
     backend: Backend = Field(
         "local",
         description="Where generation and valuation run: local (this process) or ray (a pool "
         'of Ray actors, set up by the ray section; pip install "utilgen[ray]"). Same seeds '
         "give the same samples and scores on both.",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device_is_spelled_right(cls, value: str) -> str:
+        return check_device_spelling(value)
 
     @model_validator(mode="after")
     def _offline_fits(self) -> LoopConfig:

@@ -22,6 +22,11 @@ class RunConfig(Section):
         description="Shown in reports; also the run's folder (runs/<name>, compare's "
         "OUT/<name>/seed-N), so one path component: no '/', '\\', '..', control characters.",
     )
+    description: str = Field(
+        "",
+        max_length=200,
+        description="One line on what the config runs; `utilgen presets` lists it.",
+    )
     strategy: str = Field("real-only", description="Strategy preset this config implements.")
     seed: int = Field(0, ge=0, description="Fixes splits, generation and training on CPU.")
     data: DataConfig = Field(default_factory=DataConfig)

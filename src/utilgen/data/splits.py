@@ -131,6 +131,20 @@ def k_shot(data: LabelledData, k: int, seed: int) -> LabelledData:
     return data.subset(np.sort(np.concatenate(chosen)) if chosen else [])
 
 
+def check_k_shot(train: LabelledData, k: int) -> None:
+    """Raise DataError when a class of the training split has fewer than ``k`` samples: a
+    k-shot run must not quietly train on whole classes."""
+    counts = train.class_counts()
+    small = int(np.argmin(counts))
+    if counts[small] < k:
+        raise DataError(
+            f"data.k_shot={k} but class {train.class_names[small]!r} has only "
+            f"{counts[small]} training sample(s) after the validation/test split; set "
+            f"data.k_shot to at most {counts[small]}, or data.k_shot=all to train on every "
+            "sample"
+        )
+
+
 def split_for_config(data: LabelledData, cfg: DataConfig, seed: int) -> Splits:
     """Split by ``cfg``'s fractions, then keep ``cfg.k_shot`` per class of the train part.
 
@@ -138,8 +152,9 @@ def split_for_config(data: LabelledData, cfg: DataConfig, seed: int) -> Splits:
     set as a full-data run with the same seed.
     """
     splits = stratified_split(data, cfg.val_fraction, cfg.test_fraction, seed)
-    if cfg.k_shot is None:
+    if cfg.k_shot is None or cfg.k_shot == "all":
         return splits
+    check_k_shot(splits.train, cfg.k_shot)
     kept = k_shot(splits.train, cfg.k_shot, seed)
     kept_ids = set(kept.ids)
     unused = splits.train.subset(

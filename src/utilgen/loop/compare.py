@@ -16,7 +16,7 @@ from typing import Any
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import ConfigError
 from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
-from utilgen.loop.run import RunResult
+from utilgen.loop.run import RunResult, check_run
 from utilgen.report.compare import compare_summaries, write_comparison
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ def run_comparison(
     ``out/comparison.json`` and ``out/comparison.md``."""
     out = Path(out)
     planned = [PlannedRun(cfg, out / cfg.name / f"seed-{cfg.seed}") for cfg in configs]
+    for item in planned:  # every run's data-level checks before any model loads or run starts
+        check_run(item.config, item.run_dir)
     log.info("compare: %d run(s), %d at a time", len(planned), jobs)
     with WorkerPool(jobs) as pool:
         summaries = pool.run(run_jobs_for(planned, report=True))

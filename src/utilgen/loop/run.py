@@ -18,6 +18,7 @@ a crash continues where the last finished step left off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -31,7 +32,14 @@ import yaml
 
 from utilgen import __version__
 from utilgen.atomic import write_json_atomic
-from utilgen.config import IMAGE_GENERATORS, RunConfig, config_to_yaml, save_config
+from utilgen.config import (
+    IMAGE_GENERATORS,
+    RunConfig,
+    config_from_dict,
+    config_to_yaml,
+    save_config,
+)
+from utilgen.config.device import check_device_available
 from utilgen.data import LabelledData, Splits, load_data, split_for_config
 from utilgen.determinism import resolve_device, seed_everything
 from utilgen.errors import ConfigError, UtilgenError
@@ -69,6 +77,17 @@ from utilgen.task import (
 log = logging.getLogger(__name__)
 
 STAGE1_ROUND = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's inputs, checked against its data before any model loads: the splits and
+    round 1's requests (or offline mode's pre-generated samples)."""
+
+    config: RunConfig
+    splits: Splits
+    requests: tuple[GenerationRequest, ...] = ()
+    imported: tuple[Sample, ...] = ()  # offline mode's pre-generated samples
 
 
 @dataclass(frozen=True)
@@ -123,50 +142,73 @@ def _check_generator_modality(config: RunConfig, splits: Splits) -> None:
         )
 
 
-def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
-    """Load and split the data, build the task model and (``with_generator``) the generator
-    and its requests; raise before anything is written to the run directory."""
+def plan_run(config: RunConfig, *, with_generator: bool = True) -> Plan:
+    """Every check a run can make without a model, in the order a user's mistake is most
+    likely: device, backend, data and its splits (k-shot against the class sizes), the
+    synthetic ratio, round 1's requests (shots against the k-shot set, prompt maps), round
+    1 against the budget, hard-sample inputs. Loads the data, never a model; writes nothing.
+    """
+    check_device_available(config.loop.device)
     check_backend(config)  # Ray missing or its address unreachable: fail before any write
     seed_everything(config.seed)
     data: LabelledData = load_data(config.data)
     splits = split_for_config(data, config.data, config.seed)
-    model = build_model(config, splits)
     ratio_caps(config, splits.train)  # a ratio that rounds to nothing fails here
     if config.loop.mode == "offline":
-        imported = tuple(offline_samples(config, splits.train))
-        offline = Prepared(config, splits, model, imported=imported)
-        check_first_round_budget(config.loop.budget, _projected(offline, 1))
-        return offline
+        plan = Plan(config, splits, imported=tuple(offline_samples(config, splits.train)))
+        check_first_round_budget(config.loop.budget, projected_cost(plan, 1))
+        return plan
     if not with_generator or config.generator.kind == "none":
-        return Prepared(config=config, splits=splits, model=model)
+        return Plan(config, splits)
     _check_generator_modality(config, splits)
-    # Requests first: a bad prompt map or too few shots fails before any model loads.
     requests = tuple(
         static_requests(config.generator, splits=splits, seed=config.seed, round_index=1)
     )
-    unbuilt = Prepared(config, splits, model, requests=requests)
-    check_first_round_budget(config.loop.budget, _projected(unbuilt, 1))
+    plan = Plan(config, splits, requests)
+    check_first_round_budget(config.loop.budget, projected_cost(plan, 1))
     if "hard_samples" in config.feedback.components:
         _check_hard_samples(config, splits)
+    return plan
+
+
+def check_run(config: RunConfig, run_dir: str | Path) -> Plan:
+    """Step 1's checks of :func:`run` that need no model: ``run_dir`` was not started with
+    another config, then :func:`plan_run`. Writes nothing."""
+    _check_same_config(Path(run_dir), config)
+    return plan_run(config)
+
+
+def prepare(
+    config: RunConfig, *, with_generator: bool = True, plan: Plan | None = None
+) -> Prepared:
+    """:func:`plan_run` (unless ``plan`` is given), then build the task model and
+    (``with_generator``) the generator; raise before anything is written to the run
+    directory."""
+    plan = plan or plan_run(config, with_generator=with_generator)
+    model = build_model(config, plan.splits)
+    if config.loop.mode == "offline":
+        return Prepared(config, plan.splits, model, imported=plan.imported)
+    if not with_generator or config.generator.kind == "none":
+        return Prepared(config=config, splits=plan.splits, model=model)
     build = partial(
         build_generator,
         config.generator,
-        splits=splits,
+        splits=plan.splits,
         device=resolve_device(config.loop.device),
         seed=config.seed,
     )
-    return Prepared(config, splits, model, build(), requests, base_generator=build)
+    return Prepared(config, plan.splits, model, build(), plan.requests, base_generator=build)
 
 
-def _projected(prepared: Prepared, round_index: int) -> Cost:
+def projected_cost(plan: Plan | Prepared, round_index: int) -> Cost:
     """Round ``round_index``'s projected cost: every round makes as many samples as the
     static requests do (hard-sample and optimised rounds replace, not add, requests); an
     offline round imports the pre-generated pool."""
-    if prepared.config.loop.mode == "offline":
-        return round_cost(prepared.config, round_index, len(prepared.imported), 0)
-    requests = prepared.requests
+    if plan.config.loop.mode == "offline":
+        return round_cost(plan.config, round_index, len(plan.imported), 0)
+    requests = plan.requests
     n_samples = sum(r.num_outputs for r in requests)
-    return round_cost(prepared.config, round_index, n_samples, len(requests))
+    return round_cost(plan.config, round_index, n_samples, len(requests))
 
 
 def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
@@ -189,12 +231,22 @@ def _check_same_config(run_dir: Path, config: RunConfig) -> None:
     if not path.exists():
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    # Keys a later utilgen added (with their defaults) do not make a config different; one
+    # that no longer validates is compared as written, and its differing keys named.
+    with contextlib.suppress(ConfigError):
+        old = yaml.safe_load(config_to_yaml(config_from_dict(old)))
     new = yaml.safe_load(config_to_yaml(config))
     if old != new:
         diff = sorted(_differing_keys(old, new))
+        unnamed = (
+            " (configs without name: all default to runs/run; give this one a name:)"
+            if config.name == RunConfig.model_fields["name"].default
+            else ""
+        )
         raise UtilgenError(
             f"run directory {run_dir} was started with a different config "
-            f"(differs at {', '.join(diff[:3])}); re-run with its config or choose a new --out"
+            f"(differs at {', '.join(diff[:3])}); re-run with its config or choose a new "
+            f"--out{unnamed}"
         )
 
 
@@ -400,7 +452,7 @@ def _generation_rounds(
     fed_back = 0  # rounds whose feedback the generator carries
     while True:
         round_index = len(finished)
-        reason = _stop_reason(cfg, finished, _projected(prepared, round_index))
+        reason = _stop_reason(cfg, finished, projected_cost(prepared, round_index))
         if reason is not None:
             return finished, reason
         done = _round_metrics(run_dir, round_index)
@@ -448,9 +500,10 @@ def run(
     7. summary.json, report.md and (``report``) report.html
     """
     run_dir = Path(run_dir)
-    # 1. check inputs
-    prepared = prepared or prepare(config)
+    # 1. check inputs: first what needs no model (the run directory's config, the data, the
+    # requests, the budget), then load the models
     _check_same_config(run_dir, config)
+    prepared = prepared or prepare(config)
     check_run_dir(run_dir, prepared.splits, repair=repair)
 
     # 2. lock the run directory and write the resolved config

@@ -1,0 +1,132 @@
+"""``utilgen run --dry-run``: what a run would do, from its checked plan, without doing it.
+
+The plan (:func:`utilgen.loop.run.plan_run`) has loaded the data and made round 1's requests;
+no model is loaded and nothing is written. The text projects every round's samples and
+generator calls with the same cost model the budgets use, so the rounds it lists are the
+rounds the budgets allow (a plateau may still stop the run earlier).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from utilgen.config import IMAGE_GENERATORS, RunConfig
+from utilgen.loop.run import Plan, projected_cost, round_dir
+from utilgen.loop.stopping import Cost, budget_exceeded
+
+STAGE1 = "round 0 (stage 1)"
+
+
+def _data_line(plan: Plan) -> str:
+    splits, data = plan.splits, plan.config.data
+    shots = "all" if data.k_shot in (None, "all") else f"{data.k_shot} a class"
+    return (
+        f"data: {splits.train.name}, {splits.train.num_classes} classes, {splits.train.modality}; "
+        f"train {len(splits.train)} (k_shot {shots}), val {len(splits.val)}, "
+        f"test {len(splits.test)}"
+    )
+
+
+def _feedback_lines(config: RunConfig, n_requests: int) -> list[str]:
+    """What each feedback component does between two rounds, with its step counts."""
+    fb, lines = config.feedback, []
+    for component in fb.components:
+        if component == "dpo" and config.generator.kind in IMAGE_GENERATORS:
+            d = fb.diffusion_dpo
+            lines.append(
+                f"dpo: Diffusion-DPO ({d.method}), {d.steps} optimiser steps of {d.batch_size} "
+                f"pair(s) x {d.gradient_accumulation_steps} accumulation, pairs ranked by "
+                f"{fb.pairs.score}"
+            )
+        elif component == "dpo":
+            lm = fb.dpo
+            tuning = "LoRA adapter" if lm.lora else "full fine-tune"
+            lines.append(
+                f"dpo: U-DPO ({tuning}), {lm.epochs} epoch(s) over the round's preference pairs, "
+                f"{lm.batch_size} pair(s) a step x {lm.gradient_accumulation_steps} accumulation "
+                f"(the pair count is known once the round is scored), pairs ranked by "
+                f"{fb.pairs.score}"
+            )
+        elif component == "hard_samples":
+            h = fb.hard_samples
+            lines.append(
+                f"hard_samples: img2img around the {h.k} real training samples a class with "
+                f"the lowest marginal p(y|x) under the {h.scorer}, strengths {h.strengths}"
+            )
+        elif component == "prompt_ascent":
+            lines.append(
+                f"prompt_ascent: {fb.prompt_ascent.steps} ascent steps on each of "
+                f"{n_requests} requests' prompt embeddings"
+            )
+        elif component == "noise_opt":
+            lines.append(
+                f"noise_opt: 1 DDIM inversion + {fb.noise_opt.steps} steps on each of "
+                f"{n_requests} requests' initial noise"
+            )
+    return lines
+
+
+def _round_lines(plan: Plan) -> tuple[list[str], int]:
+    """One line per round the budgets pay for, feedback between them; and the last round."""
+    config = plan.config
+    lines = [
+        f"{STAGE1}: train {config.task.model} on {len(plan.splits.train)} real samples "
+        f"({config.task.epochs} epochs, a checkpoint each)"
+    ]
+    spent, last = Cost(), 0
+    for r in range(1, config.loop.rounds + 1):
+        cost = projected_cost(plan, r)
+        over = budget_exceeded(config.loop.budget, spent, cost)
+        if over is not None:
+            lines.append(f"round {r}: not run, it would exceed {over}")
+            break
+        if r >= 2:
+            lines += [f"  feedback: {line}" for line in _feedback_lines(config, len(plan.requests))]
+        made = "imports" if config.loop.mode == "offline" else "generates"
+        lines.append(
+            f"round {r}: {made} {cost.synthetic_samples} samples "
+            f"({cost.generator_calls} generator calls), values them "
+            f"({', '.join(config.valuation.scores)}), trains a fresh {config.task.model} on "
+            "real + kept synthetic samples"
+        )
+        spent, last = spent + cost, r
+    if config.loop.plateau.patience is not None:
+        lines.append(f"(a plateau of {config.loop.plateau.patience} round(s) may stop it sooner)")
+    return lines, last
+
+
+def _written(config: RunConfig, run_dir: Path, last: int) -> list[str]:
+    rounds = round_dir(run_dir, 0).parent
+    names = [
+        f"{run_dir}/config.yaml (the resolved config) and {run_dir}/lock while it runs",
+        f"{run_dir}/pool/manifest.parquet and pool/blobs/ (real and synthetic samples)",
+        f"{rounds}/000..{last:03d}/ (metrics.json, checkpoints/, scores and feedback files)",
+        f"{run_dir}/summary.json, report.md, report.html",
+    ]
+    if last >= 2:
+        names.append(f"{run_dir}/feedback_effect.json and its plot")
+    if config.feedback.control and last >= 2:
+        names.append(f"{rounds}/{last:03d}/control.parquet (the control arm)")
+    return names
+
+
+def describe_plan(plan: Plan, run_dir: Path) -> str:
+    """The dry run's text: config, data, rounds with their costs and feedback, and the
+    files the run would write (its directory is not created)."""
+    config = plan.config
+    gen = config.generator
+    head = [
+        f"config {config.name} (strategy {config.strategy}, seed {config.seed}) is valid "
+        "against its data (no model was loaded, nothing was written)",
+        _data_line(plan),
+    ]
+    if gen.kind != "none":
+        head.append(
+            f"generator: {gen.kind}, {gen.per_class} a class a round, "
+            f"{len(plan.requests)} requests in round 1"
+        )
+    rounds, last = _round_lines(plan)
+    resumes = (run_dir / "config.yaml").exists()
+    where = f"run directory: {run_dir} ({'resumed' if resumes else 'new'})"
+    written = ["writes:", *[f"  {line}" for line in _written(config, run_dir, last)]]
+    return "\n".join([*head, where, *rounds, *written])
