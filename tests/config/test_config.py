@@ -70,6 +70,14 @@ def test_overrides_do_not_mutate_the_input() -> None:
         (["task=3", "task.epochs=2"], "'task' is a value, not a section"),
         (["feedback.control=true"], "feedback.control compares the last round with the "
          "generator before dpo feedback: add dpo to feedback.components"),
+        (["loop.device=gpu"], "'gpu' is not a device; use auto, cpu, cuda, cuda:N or mps"),
+        (["data.k_shot=some"], "data.k_shot must be a whole number of samples per class"),
+        (["valuation.selection=[{rule: top_k, scor: marginal, k: 3}]"],
+         "did you mean 'valuation.selection.0.score'?"),
+        (["generator.kind=causal-lm", "generator.per_class=2", "loop.rounds=2",
+          "feedback.components=[dpo]", "valuation.scores=[margin]",
+          "feedback.pairs.score=margin", "generator.lm.backend=vllm"],
+         "generator.lm.backend=vllm holds none"),
     ],
 )
 def test_bad_config_fails_in_one_line_naming_the_key(overrides: list[str], expected: str) -> None:

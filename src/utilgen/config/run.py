@@ -116,6 +116,12 @@ class RunConfig(Section):
                     "captioner (a BLIP-2 directory), or feedback.hard_samples.captions=false"
                 )
         if "dpo" in self.feedback.components:
+            if self.generator.kind == "causal-lm" and self.generator.lm.backend == "vllm":
+                raise ValueError(
+                    "feedback.components [dpo] fine-tunes the generator's transformers model "
+                    "between rounds, and generator.lm.backend=vllm holds none: set "
+                    "generator.lm.backend=transformers or drop dpo"
+                )
             score = self.feedback.pairs.score
             if score not in self.valuation.scores:
                 raise ValueError(
