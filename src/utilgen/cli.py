@@ -166,7 +166,7 @@ def run_cmd(
     from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
     result = run(cfg, run_dir, report=report, repair=repair)
-    summary = RunSummary(result.run_dir, result.summary)
+    summary = RunSummary(result.run_dir, result.summary.to_dict())
     fidelity = fidelity_rich_table(summary)
     if fidelity is not None:
         out_console.print(fidelity)

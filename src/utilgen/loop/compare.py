@@ -16,6 +16,7 @@ from typing import Any
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import ConfigError
 from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
+from utilgen.loop.results import Summary
 from utilgen.loop.run import RunResult, check_run
 from utilgen.report.compare import compare_summaries, write_comparison
 
@@ -62,7 +63,9 @@ def run_comparison(
     log.info("compare: %d run(s), %d at a time", len(planned), jobs)
     with WorkerPool(jobs) as pool:
         summaries = pool.run(run_jobs_for(planned, report=True))
-    results = [RunResult(p.run_dir, summaries[run_key(p.run_dir)]) for p in planned]
-    comparison = compare_summaries([r.summary for r in results])
+    results = [
+        RunResult(p.run_dir, Summary.from_dict(summaries[run_key(p.run_dir)])) for p in planned
+    ]
+    comparison = compare_summaries([r.summary.to_dict() for r in results])
     write_comparison(out, comparison)
     return results, comparison

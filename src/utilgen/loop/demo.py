@@ -25,6 +25,7 @@ from typing import Any
 from utilgen.config import RunConfig, load_config, preset_path
 from utilgen.loop.efficiency import efficiency_curve
 from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
+from utilgen.loop.results import Summary
 from utilgen.loop.run import RunResult
 from utilgen.loop.schedule import Job, results_in_order
 from utilgen.report.compare import BASELINES, compare_summaries, write_comparison
@@ -236,8 +237,11 @@ def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1
     # The demo reports over all its runs at the end, not run by run.
     with WorkerPool(jobs) as pool:
         results_by_key = pool.run(run_jobs_for(planned, report=False))
-        results = [RunResult(p.run_dir, results_by_key[run_key(p.run_dir)]) for p in planned]
-        comparison = compare_summaries([r.summary for r in results])
+        results = [
+            RunResult(p.run_dir, Summary.from_dict(results_by_key[run_key(p.run_dir)]))
+            for p in planned
+        ]
+        comparison = compare_summaries([r.summary.to_dict() for r in results])
         efficiency = _efficiency(out, plan, comparison, pool)
     comparison["sample_efficiency"] = efficiency
     write_comparison(out, comparison)

@@ -67,7 +67,7 @@ def prepare_generator(config: RunConfig) -> None:
 
 def run_summary(config: RunConfig, run_dir: Path, report: bool) -> dict[str, Any]:
     """Run (or resume) ``config`` in ``run_dir``; its summary."""
-    return run(config, run_dir, report=report).summary
+    return run(config, run_dir, report=report).summary.to_dict()
 
 
 def run_jobs_for(planned: Sequence[PlannedRun], *, report: bool) -> list[Job]:

@@ -49,6 +49,7 @@ from utilgen.generate.factory import build_generator, static_requests
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
 from utilgen.loop.offline import offline_samples
 from utilgen.loop.policy import RoundContext, round_requests
+from utilgen.loop.results import RoundMetrics, Summary
 from utilgen.loop.stopping import (
     MAX_ROUNDS,
     PLATEAU,
@@ -107,10 +108,12 @@ class Prepared:
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: its directory and the contents of its ``summary.json``."""
+    """A finished run: its directory, its ``summary.json`` and, when the run was made (or
+    resumed) by :func:`run`, every stage's ``metrics.json`` (stage 1 first)."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
+    rounds: tuple[RoundMetrics, ...] = ()
 
 
 def round_dir(run_dir: Path, round_index: int) -> Path:
@@ -545,4 +548,8 @@ def run(
         fault_point("report.before")
         if report:
             build_run_html(run_dir)
-    return RunResult(run_dir=run_dir, summary=summary)
+    return RunResult(
+        run_dir=run_dir,
+        summary=Summary.from_dict(summary),
+        rounds=tuple(RoundMetrics.from_dict(m) for m in finished),
+    )
