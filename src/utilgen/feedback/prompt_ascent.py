@@ -316,7 +316,8 @@ class AscentResult:
             best embedding, ``guidance_scale`` and ``num_inference_steps`` set to the values
             used, and ``metadata["prompt_ascent"]`` recording the run.
         drift: per request, the bounded drift of the returned embedding (cosine: largest
-            per-token 1 - cos; l2: relative distance); <= ``max_drift``.
+            per-token 1 - cos; l2: relative distance); <= ``max_drift``, and exactly 0 for a
+            request returned with its original embedding (``best_step`` 0).
         utility_before: per request, mean log p(y|x) (nats, <= 0) of its outputs from the
             original embedding, on the float samples.
         utility_after: the same from the returned embedding.
@@ -399,8 +400,13 @@ def ascend_prompts(
                 ),
             )
 
-            # 4. the optimised requests, with what was done recorded as provenance
-            moved = embedding_drift(found.best, e0, cfg.regulariser).tolist()
+            # 4. the optimised requests, with what was done recorded as provenance. A request
+            # whose best iterate is its start (always so with steps 0) gets a copy of e0 back
+            # and drift 0 by construction: 1 - cos(e0, e0) itself can round to 1e-7 in float32,
+            # on some CPUs and not on others.
+            moved = torch.where(
+                found.best_step > 0, embedding_drift(found.best, e0, cfg.regulariser), 0.0
+            ).tolist()
             start, best = found.utility_start.tolist(), found.utility_best.tolist()
             steps_taken = found.best_step.tolist()
             for i, request in enumerate(batch):
