@@ -37,6 +37,7 @@ def test_curves_and_ratio_for_static_and_a_guided_run(
     for curve, run in zip(curves, (static, guided), strict=True):
         assert [p["fraction"] for p in curve["points"]] == [0.0, 0.5, 1.0]
         summary = json.loads((run / "summary.json").read_text())
+        # exact: the run's own last training again, in this process on one thread
         assert curve["points"][-1]["accuracy"] == summary["accuracy"]
     # static keeps all 30; gendataagent's last round drops the lowest-VoG quarter per class
     assert curves[0]["points"][-1]["n_synthetic"] == 30

@@ -38,7 +38,8 @@ def test_feedback_command_retrains_the_same_adapter(tmp_path: Path, cache: Path)
     (run_dir / "rounds/001/pairs.parquet").unlink()
     assert utilgen("feedback", str(run_dir), "--round", "1") == 0
     again = json.loads((feedback / "result.json").read_text())
-    # same pairs, same seed: the same fine-tuned generator as the one round 2 used
+    # same pairs, same seed: the same fine-tuned generator as the one round 2 used (exact,
+    # the name hashes the weights: the same training in this process on one thread)
     assert again["generator"] == first["generator"]
     assert (run_dir / "rounds/001/pairs.parquet").is_file()
 

@@ -28,6 +28,7 @@ from utilgen.generate import GenerationRequest
 from utilgen.generate.builtin import BuiltinDiffusionGenerator
 from utilgen.generate.builtin.model import ClassConditionalUNet, ImageFormat, build_unet
 from utilgen.generate.builtin.training import ddpm_scheduler
+from utilgen.pool.payload import decode_image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
 from tiny_sd import tiny_sd_pipeline
@@ -103,7 +104,7 @@ def test_step_zero_loss_is_log2_and_gradient_has_known_value() -> None:
         pred_w, pred_l, pred_w.detach(), pred_l.detach(), eps, eps, beta_dpo=2.0
     )
     assert float(out.loss.detach()) == pytest.approx(math.log(2.0))
-    assert out.metrics()["implicit_acc"] == 0.0
+    assert out.metrics()["implicit_acc"] == 0.0  # exact: model and reference are one tensor
     out.loss.backward()
     # d/d pred_w = w * beta * (pred_w - eps) / (2 * pairs * elements) = 2 * 1 / 8 = 0.25
     assert pred_w.grad is not None and pred_l.grad is not None
@@ -240,6 +241,7 @@ def test_builtin_lora_dpo_trains_merges_renames_and_round_trips(tmp_path: Path) 
     assert saved["generator"] == gen.name and saved["steps"] == 3
     loaded = BuiltinDiffusionGenerator.from_pretrained(out / "generator", batch_size=4)
     assert loaded.name == gen.name
+    # exact: the merged weights come back bit for bit, and both generate in batches of 4
     assert payloads(loaded) == payloads(gen)
     assert loaded.training["diffusion_dpo"][0]["method"] == "lora"
 
@@ -546,11 +548,19 @@ def test_diffusers_dpo_trains_lora_saves_and_loads(tmp_path: Path) -> None:
     assert gen.name == f"tiny-sd+lora:{result.lora_sha256[:16]}"
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["lora_file"] == "lora/pytorch_lora_weights.safetensors"
-    trained_images = [s.payload for s in gen.generate([request], progress=False)]
-    assert trained_images != plain
+    (trained_image,) = (
+        decode_image(s.payload).astype(int) for s in gen.generate([request], progress=False)
+    )
+    (plain_image,) = (decode_image(p).astype(int) for p in plain)
+    assert np.abs(trained_image - plain_image).mean() > 1.0  # measured: 4 levels, at most 34
     fresh = DiffusersGenerator(tiny_sd_pipeline(), model="tiny-sd", steps=2, batch_size=2)
     fresh.load_lora(tmp_path / saved["lora_file"])
-    assert [s.payload for s in fresh.generate([request], progress=False)] == trained_images
+    # The adapter loaded from its file sits in other layers than the one trained in memory,
+    # which may round a pixel to the neighbouring grey level.
+    (loaded,) = (
+        decode_image(s.payload).astype(int) for s in fresh.generate([request], progress=False)
+    )
+    assert np.abs(loaded - trained_image).max() <= 1
 
 
 def test_diffusers_dpo_cond_dropout_uses_the_empty_prompt(

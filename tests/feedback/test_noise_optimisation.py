@@ -121,7 +121,7 @@ def test_zero_steps_return_the_inverted_noise(
     assert out.latents is not None
     torch.testing.assert_close(out.latents, inverted)
     assert out.guidance_scale == 3.0
-    assert result.utility_after == result.utility_inverted
+    assert result.utility_after == result.utility_inverted  # exact: step 0 is kept as is
     record = out.metadata["noise_opt"]
     assert record["inversion_guidance"] == 1.0 and record["regeneration_guidance"] == 3.0
     assert record["request_guidance"] == 2.0 and record["best_step"] == [0, 0]

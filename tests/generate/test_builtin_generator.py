@@ -94,6 +94,14 @@ def one(gen: BuiltinDiffusionGenerator, req: GenerationRequest) -> np.ndarray:
     return image
 
 
+def assert_within_one_level(a: np.ndarray, b: np.ndarray) -> None:
+    """The same image denoised in other batch shapes or through another call: CPU kernels
+    may round a pixel to the neighbouring grey level, nothing more (another seed or class
+    moves pixels by tens of levels)."""
+    assert a.shape == b.shape
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
 # ---- output and provenance ----
 
 
@@ -123,7 +131,7 @@ def test_same_seed_same_pixels_different_seed_different(
     a = one(generator, request(0, seed=11))
     b = one(generator, request(0, seed=11))
     c = one(generator, request(0, seed=12))
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact: the same call on the same inputs
     assert not np.array_equal(a, c)
 
 
@@ -132,12 +140,14 @@ def test_output_i_uses_seed_plus_i_whatever_the_batching(
 ) -> None:
     together = pixels(generator, request(2, seed=5, num_outputs=3), request(1, seed=9))
     apart = [one(generator, request(2, seed=5 + i)) for i in range(3)]
+    # a batch of 4 against batches of 1
     for x, y in zip(together[:3], apart, strict=True):
-        np.testing.assert_array_equal(x, y)
+        assert_within_one_level(x, y)
+    assert np.abs(together[0].astype(int) - together[1].astype(int)).max() > 1
     single = BuiltinDiffusionGenerator.from_pretrained(
         generator.save_pretrained(tmp_path / "g"), batch_size=1
     )
-    np.testing.assert_array_equal(one(single, request(1, seed=9)), together[3])
+    assert_within_one_level(one(single, request(1, seed=9)), together[3])
 
 
 def test_guidance_changes_the_output(generator: BuiltinDiffusionGenerator) -> None:
@@ -146,7 +156,7 @@ def test_guidance_changes_the_output(generator: BuiltinDiffusionGenerator) -> No
     default = one(generator, request(1, seed=4))
     explicit = one(generator, request(1, seed=4, guidance_scale=generator.guidance_scale))
     assert not np.array_equal(unguided, guided)
-    np.testing.assert_array_equal(default, explicit)
+    np.testing.assert_array_equal(default, explicit)  # exact: the same scale, the same call
 
 
 def test_steps_change_the_output(generator: BuiltinDiffusionGenerator) -> None:
@@ -165,6 +175,7 @@ def test_class_row_as_prompt_embeds_reproduces_the_label(
     by_label = one(generator, request(2, seed=7))
     row = generator.class_embedding(2)
     assert row.shape == (generator.embedding_dim,)
+    # exact: a copy of the table row, in the same batch and call as the label's row
     np.testing.assert_array_equal(one(generator, request(2, seed=7, prompt_embeds=row)), by_label)
     np.testing.assert_array_equal(
         one(generator, request(2, seed=7, prompt_embeds=row[None])), by_label
@@ -190,7 +201,7 @@ def test_negative_prompt_embeds_replace_the_null_class(
 ) -> None:
     by_label = one(generator, request(1, seed=8))
     null = generator.null_embedding()
-    np.testing.assert_array_equal(
+    np.testing.assert_array_equal(  # exact: a copy of the null row, the same call
         one(generator, request(1, seed=8, negative_prompt_embeds=null)), by_label
     )
     away_from_2 = one(
@@ -213,12 +224,13 @@ def test_latents_are_the_initial_noise(generator: BuiltinDiffusionGenerator) -> 
     assert shape == (1, 8, 8)
     seeded = torch.randn(shape, generator=torch.Generator().manual_seed(21))
     by_seed = one(generator, request(0, seed=21))
+    # exact: the seed's own noise, in the same batch shape and call
     np.testing.assert_array_equal(one(generator, request(0, seed=999, latents=seeded)), by_seed)
     other = one(generator, request(0, seed=21, latents=torch.randn(shape)))
     assert not np.array_equal(other, by_seed)
     two = torch.stack([seeded, torch.randn(shape)])
     first, _ = pixels(generator, request(0, seed=5, latents=two, num_outputs=2))
-    np.testing.assert_array_equal(first, by_seed)
+    assert_within_one_level(first, by_seed)  # a batch of 2 against a batch of 1
 
 
 def test_sampling_is_differentiable_in_embeddings_and_noise(
@@ -244,7 +256,8 @@ def test_sample_matches_generate(generator: BuiltinDiffusionGenerator) -> None:
     )
     with torch.no_grad():
         clean = generator.sample(noise[None], generator.class_embedding(2)[None])
-    np.testing.assert_array_equal(
+    # generate passes its own null rows and guidance tensor: another call than this one
+    assert_within_one_level(
         to_images(clean, generator.image_format)[0], one(generator, request(2, seed=4))
     )
 
@@ -261,7 +274,7 @@ def test_prompt_text_is_provenance_only_and_says_so(
             )
         )
     assert "1 request(s) carry prompt or negative-prompt text" in caplog.text
-    np.testing.assert_array_equal(decode_image(worded[0].payload), plain)
+    np.testing.assert_array_equal(decode_image(worded[0].payload), plain)  # the same call
     assert worded[0].prompt == "a photo of a 1" and worded[0].negative_prompt == "blurry"
 
 
@@ -273,7 +286,7 @@ def test_img2img_strength_zero_returns_the_init_image(
 ) -> None:
     init = np.asarray(digits12.items[5])
     sample = next(iter(generator.generate([request(1, init_image=init, strength=0.0)])))
-    np.testing.assert_array_equal(decode_image(sample.payload), init)
+    np.testing.assert_array_equal(decode_image(sample.payload), init)  # no arithmetic at all
     assert json.loads(sample.details)["denoising_steps"] == 0
     assert sample.strength == 0.0
 
@@ -328,6 +341,7 @@ def test_save_and_from_pretrained_round_trip(
     assert loaded.class_names == generator.class_names
     assert loaded.image_format == generator.image_format
     reqs = [request(0, seed=1, num_outputs=2), request(2, seed=3, guidance_scale=4.0)]
+    # exact: safetensors gives the weights back bit for bit, and one batch of 3 either way
     assert [s.payload for s in loaded.generate(reqs)] == [
         s.payload for s in generator.generate(reqs)
     ]
@@ -340,7 +354,7 @@ def test_from_pretrained_overrides_sampling_defaults(
     path = generator.save_pretrained(tmp_path / "builtin")
     loaded = BuiltinDiffusionGenerator.from_pretrained(path, guidance_scale=0.0, steps=4)
     assert (loaded.guidance_scale, loaded.steps) == (0.0, 4)
-    np.testing.assert_array_equal(
+    np.testing.assert_array_equal(  # exact: the same weights, settings and batch shape
         one(loaded, request(1, seed=2)),
         one(generator, request(1, seed=2, guidance_scale=0.0, num_inference_steps=4)),
     )
@@ -391,7 +405,7 @@ def test_pixels_round_trip_and_resize() -> None:
     tensor = to_model_space(grey, fmt)
     assert tensor.shape == (2, 1, 8, 8) and tensor.min() >= -1 and tensor.max() <= 1
     for back, orig in zip(to_images(tensor, fmt), grey, strict=True):
-        np.testing.assert_array_equal(back, orig)
+        np.testing.assert_array_equal(back, orig)  # float error << the half level rounding
     odd = [rng.integers(0, 256, (10, 13, 3), dtype=np.uint8), grey[0]]
     fmt = image_format(odd, levels=3)
     assert (fmt.height, fmt.width, fmt.channels, fmt.size) == (10, 13, 3, 16)

@@ -108,6 +108,7 @@ def test_second_prepare_loads_the_cache_without_training(
     assert cached.from_cache
     assert cached.name == fresh.name
     assert cached.training["cache_key"] == fresh.training["cache_key"]
+    # exact: safetensors gives the trained weights back bit for bit, and the same call
     assert first_image(cached) == first_image(fresh)
     # Sampling settings are not part of the key: they apply to the cached model.
     regraded = prepare(tiny_config(guidance_scale=0.0, steps=2), task, broad)
@@ -210,6 +211,8 @@ def test_same_seed_trains_the_same_weights(
     a = prepare(tiny_config(cache_dir=tmp_path / "a"), task, broad)
     b = prepare(tiny_config(cache_dir=tmp_path / "b"), task, broad)
     c = prepare(tiny_config(cache_dir=tmp_path / "c"), task, broad, seed=1)
+    # exact (the name hashes the weights): the same training call on the same inputs, in
+    # this process and on its threads
     assert a.name == b.name != c.name
     assert not b.from_cache
 

@@ -68,7 +68,7 @@ def test_same_seed_same_pixels_and_another_seed_other_pixels(
 ) -> None:
     first, again = _one(generator, _request(7)), _one(generator, _request(7))
     assert first.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-    assert np.array_equal(first, again)
+    assert np.array_equal(first, again)  # exact: the same call on the same inputs
     assert _differs(first, _one(generator, _request(8)))
 
 
@@ -118,7 +118,8 @@ def test_prompt_embeds_stand_in_for_the_prompt(generator: DiffusersGenerator) ->
         generator,
         _request(5, prompt="", prompt_embeds=embeds, negative_prompt_embeds=negative),
     )
-    assert np.array_equal(by_text, by_embeds)
+    # The pipeline encodes the text itself in one case: another call, one grey level.
+    assert np.abs(by_text - by_embeds).max() <= 1
     # Embeds of another prompt give another image; the negative prompt is encoded from text.
     dog, _ = pipe.encode_prompt("a photo of a dog", CPU, 1, True, "")
     assert _differs(by_text, _one(generator, _request(5, prompt="", prompt_embeds=dog)))
@@ -130,7 +131,7 @@ def test_latents_are_the_initial_noise(generator: DiffusersGenerator) -> None:
     other = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     # DDIM (eta 0) draws no noise besides the initial latents: the seed no longer matters.
     a = _one(generator, _request(1, latents=noise))
-    assert np.array_equal(a, _one(generator, _request(2, latents=noise)))
+    assert np.array_equal(a, _one(generator, _request(2, latents=noise)))  # the same call
     assert _differs(a, _one(generator, _request(1, latents=other)))
     assert _differs(a, _one(generator, _request(1)))
 

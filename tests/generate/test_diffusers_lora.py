@@ -52,6 +52,13 @@ def _images(gen: DiffusersGenerator) -> list[np.ndarray]:
     return [decode_image(s.payload).astype(int) for s in gen.generate(requests, progress=False)]
 
 
+def _same_images(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """Within one grey level: an adapter trained in memory and one loaded from its file sit
+    in differently built layers, which may round a pixel the other way (the adapter itself
+    moves the mean pixel by more than one level)."""
+    return len(a) == len(b) and all(np.abs(x - y).max() <= 1 for x, y in zip(a, b, strict=True))
+
+
 def test_snr_and_min_snr_weights_known_answers() -> None:
     alphas = torch.tensor([0.8, 0.5, 0.2])
     t = torch.tensor([0, 1, 2])
@@ -151,11 +158,12 @@ def test_adapter_changes_the_images_and_round_trips(tmp_path: Path) -> None:
     # A fresh pipeline with the saved file makes the same pixels.
     fresh = DiffusersGenerator(tiny_sd_pipeline(), model="tiny-sd", steps=STEPS)
     assert fresh.load_lora(result.path.parent) == result.sha256
-    assert all(np.array_equal(a, b) for a, b in zip(adapted, _images(fresh), strict=True))
+    assert _same_images(adapted, _images(fresh))
     # Scale 0 switches the adapter off.
     fresh.load_lora(result.path, scale=0.0)
-    assert all(np.array_equal(a, b) for a, b in zip(base, _images(fresh), strict=True))
-    # Same seed, same data: the same adapter, byte for byte.
+    assert _same_images(base, _images(fresh))
+    # Same seed, same data: the same adapter, byte for byte (exact: the same training
+    # call on the same inputs, in this process, on one thread).
     again = adapt_to_task(
         DiffusersGenerator(tiny_sd_pipeline(), model="m", steps=STEPS),
         real_data(),
@@ -197,5 +205,5 @@ def test_prepare_trains_once_and_then_loads_from_cache(
         cfg, task_train=real_data(), device=CPU, batch_size=2, seed=0, progress=False
     )
     assert second.name == first.name
-    assert all(np.array_equal(a, b) for a, b in zip(_images(first), _images(second), strict=True))
+    assert _same_images(_images(first), _images(second))
     assert [p.name for p in (tmp_path / "cache" / "lora").iterdir()] == [entry.name]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_lm import greedy_gaps
 from tiny_sd import one_thread, random_images, real_data, tiny_tokenizer
 from transformers import (
     Blip2Config,
@@ -166,14 +167,18 @@ def _tiny_blip2(directory: Path) -> Path:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
         ).to_dict(),
         num_query_tokens=2,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
     model = Blip2ForConditionalGeneration(config)
-    # A random model may greedily emit only special tokens, which decode to "". Zero their
-    # output rows (tied to the input embeddings) so that some word always scores higher.
+    # Random init puts all logits near zero, so greedy decoding would hinge on float noise
+    # (gaps of 3e-5 between the two best tokens): a larger output layer gives clear winners.
+    # And a random model may greedily emit only special tokens, which decode to "": zero
+    # their output rows so that some word always scores higher.
     with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40.0)
         model.get_output_embeddings().weight[tokenizer.all_special_ids] = 0.0
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
@@ -184,9 +189,13 @@ def test_blip2_captions_real_images_deterministically(tmp_path: Path) -> None:
     model_dir = _tiny_blip2(tmp_path / "blip2")
     processor, model = load_captioner(str(model_dir), device="cpu")
     images = list(random_images(3))
-    first = caption_images(images, processor, model, batch_size=2, max_new_tokens=4)
+    with greedy_gaps(model.get_output_embeddings()) as gaps:
+        first = caption_images(images, processor, model, batch_size=2, max_new_tokens=4)
+        again = caption_images(images, processor, model, batch_size=3, max_new_tokens=4)
     assert len(first) == 3 and all(isinstance(c, str) for c in first)
-    assert first == caption_images(images, processor, model, batch_size=3, max_new_tokens=4)
+    # Batches of 2 + 1 and of 3: logits equal up to float noise (~1e-5), far below every gap.
+    assert min(gaps) > 1e-3, min(gaps)
+    assert first == again
     # Through the config: captions tied to each image, cached for the next call.
     cfg = DiffusersConfig(
         captioner=str(model_dir), caption_max_new_tokens=4, cache_dir=tmp_path / "c"

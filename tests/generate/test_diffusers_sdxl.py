@@ -37,7 +37,10 @@ def test_sdxl_text2img_and_img2img(tmp_path: Path) -> None:
         for s in (0, 0, 1)
     ]
     a, b, c = gen.generate(requests, progress=False)
-    assert a.payload == b.payload and a.payload != c.payload
+    # Two rows of one batch with the same seed: the same image up to a grey level of kernel
+    # rounding; another seed moves the mean pixel by more than a level.
+    first, again, other = (decode_image(s.payload).astype(int) for s in (a, b, c))
+    assert np.abs(first - again).max() <= 1 and np.abs(first - other).mean() > 1.0
     assert decode_image(a.payload).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
     assert json.loads(a.details)["scheduler"] == "DPMSolverMultistepScheduler"
     init = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)

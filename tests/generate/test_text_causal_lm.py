@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lm import bigram_llama, line_tokenizer, one_thread, tiny_llama
+from tiny_lm import bigram_llama, line_tokenizer, one_thread, tiny_llama, token_margins
 
 from utilgen.config import CausalLMConfig, TextFilterConfig
 from utilgen.errors import ModelNotFoundError
@@ -63,7 +63,7 @@ def test_same_seeds_reproduce_outputs_and_other_seeds_change_them() -> None:
     first = _texts(_generator(), _requests())
     again = _texts(_generator(), _requests())
     other = _texts(_generator(), _requests(seed=555))
-    assert first == again
+    assert first == again  # exact: the same call on the same inputs, batches and thread
     assert len(set(first)) > 1  # sampling, not a constant
     assert first != other
 
@@ -72,7 +72,11 @@ def test_output_i_is_the_output_of_seed_plus_i() -> None:
     gen = _generator()
     three = GenerationRequest(label=0, class_name="c0", seed=40, prompt=PROMPTS[0], num_outputs=3)
     alone = replace(three, seed=42, num_outputs=1)
-    assert _texts(gen, [three])[2] == _texts(gen, [alone])[0]
+    # A batch of 3 and a batch of 1: logits equal up to float noise, far below every margin.
+    with token_margins() as margins:
+        texts = _texts(gen, [three])[2], _texts(gen, [alone])[0]
+    margins.assert_clear()
+    assert texts[0] == texts[1]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -80,10 +84,14 @@ def test_batching_with_left_padding_gives_the_one_by_one_texts(temperature: floa
     requests = _requests()
     lengths = {len(_generator().format_prompt(p)) for p in PROMPTS}
     assert len(lengths) == len(PROMPTS)  # prompts differ in length, so batches are padded
-    batched = _texts(_generator(batch_size=6, temperature=temperature), requests)
-    one_by_one = _texts(_generator(batch_size=1, temperature=temperature), requests)
-    shuffled = _generator(batch_size=4, temperature=temperature)
-    reversed_texts = _texts(shuffled, requests[::-1])
+    with token_margins() as margins:
+        batched = _texts(_generator(batch_size=6, temperature=temperature), requests)
+        one_by_one = _texts(_generator(batch_size=1, temperature=temperature), requests)
+        shuffled = _generator(batch_size=4, temperature=temperature)
+        reversed_texts = _texts(shuffled, requests[::-1])
+    # Padded and unpadded batches give logits equal up to float noise (~1e-6): the texts are
+    # compared exactly because no token choice came anywhere near a tie.
+    margins.assert_clear()
     assert batched == one_by_one
     # Batch composition changes (other neighbours, other positions); texts do not.
     n = requests[0].num_outputs
@@ -109,10 +117,13 @@ def test_num_outputs_per_request_with_provenance() -> None:
 
 
 def test_greedy_ignores_seeds_and_tiny_top_p_is_greedy() -> None:
-    greedy = _texts(_generator(temperature=0.0), _requests())
+    with token_margins() as margins:
+        greedy = _texts(_generator(temperature=0.0), _requests())
+    margins.assert_clear()  # two rows of one batch: equal up to float noise, far from a tie
     n = 2
     assert all(greedy[i] == greedy[i + 1] for i in range(0, len(greedy), n))
-    # A nucleus so small that it holds only the likeliest token samples greedily.
+    # A nucleus so small that it holds only the likeliest token samples greedily (the same
+    # batches and inputs, so the same scores).
     assert _texts(_generator(top_p=1e-6), _requests()) == greedy
     assert _texts(_generator(temperature=1.0), _requests()) != greedy
     assert _texts(_generator(top_k=1), _requests()) == greedy
@@ -193,7 +204,11 @@ def test_from_config_loads_a_local_directory(saved_llama: Path) -> None:
     assert isinstance(gen, CausalLMGenerator)
     assert gen.name == str(saved_llama)
     gen.cleaning = RAW
-    assert _texts(gen, _requests()) == _texts(_generator(temperature=0.0), _requests())
+    # The loaded model may run other kernels than the one built in memory: margins first.
+    with token_margins() as margins:
+        texts = _texts(gen, _requests()), _texts(_generator(temperature=0.0), _requests())
+    margins.assert_clear()
+    assert texts[0] == texts[1]
 
 
 def _save_lora(base: Path, out: Path) -> Path:
@@ -219,17 +234,22 @@ def test_lora_adapter_changes_outputs_and_is_named_by_its_hash(
     adapter = _save_lora(saved_llama, tmp_path / "adapter")
     base_cfg = CausalLMConfig(model=str(saved_llama), temperature=0.0, max_new_tokens=10)
     texts = {}
+    margins = {}
     for merge in (True, False):
         cfg = base_cfg.model_copy(update={"adapter": str(adapter), "merge_adapter": merge})
         gen = CausalLMGenerator.from_config(cfg, device=CPU, batch_size=4, seed=0)
         assert gen.name == f"{saved_llama}+lora:{adapter_hash(adapter)}"
         gen.cleaning = RAW
-        samples = list(gen.generate(_requests(), progress=False))
+        with token_margins() as margins[merge]:
+            samples = list(gen.generate(_requests(), progress=False))
         assert json.loads(samples[0].details)["adapter"] == f"lora:{adapter_hash(adapter)}"
         assert samples[0].generator == gen.name
         texts[merge] = [s.payload.decode() for s in samples]
     base = CausalLMGenerator.from_config(base_cfg, device=CPU, batch_size=4, seed=0)
     base.cleaning = RAW
+    # Merged weights and an adapter on the side round differently: margins first.
+    margins[True].assert_clear()
+    margins[False].assert_clear()
     assert texts[True] == texts[False]
     assert texts[True] != _texts(base, _requests())
 
@@ -317,5 +337,6 @@ def test_a_model_in_train_mode_generates_without_dropout_and_stays_in_train_mode
     for layer in gen.model.model.layers:  # dropout would change every text if it were active
         layer.self_attn.attention_dropout = 0.5
     gen.model.train()
+    # exact: generate switches to eval mode, so the same computation as the reference
     assert _texts(gen, _requests()) == reference
     assert gen.model.training

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from tiny_lm import batch_noise, token_margins
 
 from utilgen.config import CaptionPerturbationConfig, CausalLMConfig, FewShotPromptConfig
 from utilgen.data.bundled import load_bbc_news
@@ -17,10 +18,12 @@ from utilgen.generate.perturb import perturb_caption
 
 pytestmark = pytest.mark.slow
 
+# Prompts of three lengths (so the batch is padded) whose token choices below are all far
+# from a tie ("Say hello." has one, 2.5e-4 logits, which batching noise could tip).
 PROMPTS = [
     "Write one sentence about football.",
     "Write a short news headline about a new smartphone with a larger screen.",
-    "Say hello.",
+    "Say hello to a friend.",
 ]
 
 
@@ -52,18 +55,24 @@ def test_smollm2_writes_class_texts_from_fewshot_prompts(smollm2: CausalLMGenera
     assert details["shot_ids"] == list(requests[0].metadata["shot_ids"])
     assert details["chat_template"] is True
     again = [s.payload.decode() for s in smollm2.generate(requests, progress=False)]
-    assert again == texts
+    assert again == texts  # exact: the same call on the same inputs, batches and thread
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_smollm2_batched_equals_one_by_one(smollm2: CausalLMGenerator, temperature: float) -> None:
     settings = SamplingSettings(temperature=temperature, max_new_tokens=16)
     seeds = [11, 12, 13]
-    batched = smollm2.complete(PROMPTS, seeds, sampling=settings)
-    alone = [
-        smollm2.complete([p], [s], sampling=settings)[0]
-        for p, s in zip(PROMPTS, seeds, strict=True)
-    ]
+    with token_margins() as margins:
+        batched = smollm2.complete(PROMPTS, seeds, sampling=settings)
+        alone = [
+            smollm2.complete([p], [s], sampling=settings)[0]
+            for p, s in zip(PROMPTS, seeds, strict=True)
+        ]
+    # A padded batch and batches of one give logits equal up to float noise (measured here:
+    # about 4e-5 in the logits, 3e-6 in the distribution): the texts are compared exactly
+    # because every token choice was at least ten times that from a tie.
+    logits, cdf = batch_noise(smollm2, PROMPTS)
+    margins.assert_clear(logits=10 * max(logits, 1e-6), probability=10 * max(cdf, 1e-7))
     assert [c.text for c in batched] == [c.text for c in alone]
 
 

@@ -9,6 +9,9 @@ Two kinds, both real ``transformers`` model classes driven through ``model.gener
   so that it is a bigram model with a chosen next-token table. With one token per whole
   line of text it answers with lines we choose, in proportions we choose: a scripted LM
   for the caption-perturbation tests.
+
+:func:`token_margins` records how close each token choice of a generator call came to a tie,
+so that texts from different batch shapes can be compared exactly where that is justified.
 """
 
 from __future__ import annotations
@@ -16,14 +19,21 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerFast,
+)
 
 if TYPE_CHECKING:
-    from utilgen.generate.causal_lm import CausalLMGenerator
+    from utilgen.generate.causal_lm import CausalLMGenerator, PerRowSampling
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -53,6 +63,126 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@dataclass
+class TokenMargins:
+    """How far the token choices of :class:`CausalLMGenerator` calls were from flipping.
+
+    Texts from different batch shapes (padding, batch size, neighbours) or code paths see
+    logits that differ by float noise, which changes a token only where the choice was that
+    close to a tie. So two such texts may be compared exactly once every choice is shown to
+    be far from one: greedy choices by the gap between the two largest scores, sampled ones
+    by how far the row's uniform number fell from a token boundary of the cumulative
+    distribution (see ``PerRowSampling``). Rows that have already ended are not counted.
+    """
+
+    greedy: list[float] = field(default_factory=list)  # top-1 minus top-2 score (logits)
+    sampled: list[float] = field(default_factory=list)  # distance to a boundary (probability)
+
+    def assert_clear(self, logits: float = 1e-3, probability: float = 1e-4) -> None:
+        """Every choice recorded was at least ``logits`` / ``probability`` from flipping.
+
+        The defaults are a hundred times the float noise between batch shapes of the tiny
+        Llamas here (2e-6 in the logits); a larger model states its own."""
+        assert self.greedy or self.sampled, "no token choice was recorded"
+        assert min(self.greedy, default=math.inf) > logits, min(self.greedy)
+        assert min(self.sampled, default=math.inf) > probability, min(self.sampled)
+
+
+class _RecordMargins(LogitsProcessor):
+    """Records the margins of a step's choices in rows still running; changes nothing."""
+
+    def __init__(
+        self, draw: PerRowSampling | None, eos: Sequence[int], margins: TokenMargins
+    ) -> None:
+        self.draw = draw
+        self.eos = torch.tensor(list(eos))
+        self.margins = margins
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        new = input_ids[:, self.prompt_length :].cpu()
+        running = ~torch.isin(new, self.eos).any(dim=1)
+        values = scores.float()[running.to(scores.device)]
+        if self.draw is None:  # greedy: the argmax of the scores
+            top = values.topk(2, dim=-1).values
+            self.margins.greedy += (top[:, 0] - top[:, 1]).tolist()
+            return scores
+        # The uniform numbers the draw is about to take, from copies of its generators.
+        u = torch.cat(
+            [
+                torch.rand(1, generator=torch.Generator(g.device).set_state(g.get_state()))
+                for g in self.draw.generators
+            ]
+        ).to(values.device)[running.to(values.device)]
+        cdf = torch.softmax(values, dim=-1).cumsum(dim=-1)
+        cdf = cdf / cdf[:, -1:]
+        self.margins.sampled += (cdf - u[:, None]).abs().amin(dim=-1).tolist()
+        return scores
+
+
+@contextlib.contextmanager
+def greedy_gaps(output_layer: torch.nn.Module) -> Iterator[list[float]]:
+    """Inside: the gap between the two largest logits at the last position of every row,
+    each time ``output_layer`` (a model's LM head) runs: how far each greedy choice of a
+    plain ``model.generate`` was from a tie (rows already ended included)."""
+    gaps: list[float] = []
+
+    def record(module: torch.nn.Module, inputs: object, logits: torch.Tensor) -> None:
+        top = logits[:, -1].float().topk(2, dim=-1).values
+        gaps.extend((top[:, 0] - top[:, 1]).tolist())
+
+    handle = output_layer.register_forward_hook(record)
+    try:
+        yield gaps
+    finally:
+        handle.remove()
+
+
+def batch_noise(generator: CausalLMGenerator, prompts: Sequence[str]) -> tuple[float, float]:
+    """The float noise batching adds, measured: the largest difference between the
+    next-token logits of ``prompts`` in one left-padded batch and each prompt alone, and
+    the largest difference of their cumulative distributions."""
+    texts = [generator.format_prompt(p) for p in prompts]
+    model = generator.model
+    with torch.inference_mode():
+        together = model(**generator._encode(texts)).logits[:, -1].float()
+        alone = torch.cat([model(**generator._encode([t])).logits[:, -1].float() for t in texts])
+    cdf = torch.softmax(together, -1).cumsum(-1) - torch.softmax(alone, -1).cumsum(-1)
+    return float((together - alone).abs().max()), float(cdf.abs().max())
+
+
+@contextlib.contextmanager
+def token_margins() -> Iterator[TokenMargins]:
+    """Inside: every ``CausalLMGenerator`` call records its token choices' margins."""
+    from utilgen.generate import causal_lm
+
+    margins = TokenMargins()
+    real_processors = causal_lm.sampling_processors
+    real_batch = causal_lm.CausalLMGenerator._complete_batch
+    eos: list[int] = []
+
+    def complete_batch(self: CausalLMGenerator, *args: Any, **kwargs: Any) -> Any:
+        eos[:] = self.eos_token_ids
+        return real_batch(self, *args, **kwargs)
+
+    def processors(*args: Any, **kwargs: Any) -> LogitsProcessorList:
+        found = real_processors(*args, **kwargs)
+        last = found[-1] if found else None
+        draw = last if isinstance(last, causal_lm.PerRowSampling) else None
+        found.insert(len(found) - (draw is not None), _RecordMargins(draw, eos, margins))
+        return found
+
+    causal_lm.sampling_processors = processors  # type: ignore[assignment]
+    causal_lm.CausalLMGenerator._complete_batch = complete_batch  # type: ignore[method-assign]
+    try:
+        yield margins
+    finally:
+        causal_lm.sampling_processors = real_processors
+        causal_lm.CausalLMGenerator._complete_batch = real_batch  # type: ignore[method-assign]
 
 
 def _fast_tokenizer(

@@ -139,7 +139,12 @@ def test_control_arm_regenerates_the_last_round_without_the_feedback(tmp_path: P
     probs = judge.predict_proba([decode_image(s.payload) for s in base])
     by_id = control.set_index("id").loc[[s.id for s in base]]
     np.testing.assert_allclose(by_id["marginal"], probs[np.arange(len(labels)), labels], atol=1e-6)
-    np.testing.assert_array_equal(by_id["correct"], probs.argmax(1) == labels)
+    # Where the two likeliest classes are clearly apart, float noise between the run's
+    # scoring and this one cannot move the argmax: there "correct" must match exactly.
+    top2 = np.sort(probs, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(by_id["correct"][clear], (probs.argmax(1) == labels)[clear])
     # ... and not what the fine-tuned one made of them
     treated = pd.read_parquet(run_dir / "rounds/002/scores.parquet").set_index("id")
     assert not np.allclose(treated.loc[by_id.index, "marginal"], by_id["marginal"])

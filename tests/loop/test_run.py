@@ -48,6 +48,7 @@ def test_report_false_skips_only_the_html(tmp_path: Path, finished: Path) -> Non
     result = run(_config(), tmp_path / "quiet", report=False)
     assert not (result.run_dir / "report.html").exists()
     assert (result.run_dir / "report.md").exists()
+    # exact: the same run again, in this process and on the same threads
     assert result.summary == json.loads((finished / "summary.json").read_text())
 
 
@@ -65,7 +66,7 @@ def test_rerun_resumes_without_duplicates_and_same_summary(finished: Path) -> No
     before = json.loads((finished / "summary.json").read_text())
     n_rows = len(PoolStore(finished).manifest())
     result = run(_config(), finished)
-    assert result.summary == before
+    assert result.summary == before  # nothing retrained: the stored metrics
     assert len(PoolStore(finished).manifest()) == n_rows
 
 
@@ -77,6 +78,7 @@ def test_retraining_after_a_lost_round_gives_identical_metrics(
     run(_config(), other)
     after = json.loads((other / "rounds/000/metrics.json").read_text())
     before.pop("train_seconds"), after.pop("train_seconds")
+    # exact: the same training on the same samples, in this process on the same threads
     assert after == before
 
 

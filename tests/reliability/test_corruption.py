@@ -61,7 +61,12 @@ def _config() -> RunConfig:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The undamaged run (one thread, as the tests' runs: checkpoints must match bit for bit)."""
+    """The undamaged run (one thread, as the tests' runs: checkpoints must match bit for bit).
+
+    The repaired runs are compared with it exactly (blobs by hash, checkpoints tensor for
+    tensor, metrics and scores as written). That holds by construction: a repair redoes the
+    same steps with the same seeds and inputs, in this process, on one thread, so every
+    number it recomputes is the same computation on the same numbers."""
     out = tmp_path_factory.mktemp("corruption") / "reference"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -52,7 +52,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     out = tmp_path_factory.mktemp("disk-full") / "reference"
     written: list[str] = []
     # one thread, as the tests' runs (quiet_one_thread): another count sums floats in
-    # another order and the checkpoints would differ in their last bits
+    # another order and the checkpoints would differ in their last bits. With it, the
+    # resumed runs are compared exactly: the same steps on the same inputs, in this
+    # process, on one thread, recompute the same numbers.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:

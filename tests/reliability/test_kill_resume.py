@@ -109,7 +109,9 @@ def test_killed_at_a_fault_point_resumes_to_the_uninterrupted_result(
     resumed = run_utilgen(config, run_dir)
     assert resumed.returncode == 0, resumed.output[-3000:]
 
-    # 3. ... as the uninterrupted run did, with an intact pool and nothing half-written
+    # 3. ... as the uninterrupted run did, with an intact pool and nothing half-written.
+    # Exact: both are the same command on this machine with OMP_NUM_THREADS=1, so a step
+    # the resumed run redoes is the same computation on the same numbers.
     assert differences(expected, run_dir) == []
     assert pool_damage(run_dir) == []
     assert leftover_temporaries(run_dir) == []

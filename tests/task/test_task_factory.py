@@ -49,7 +49,7 @@ def test_same_seed_same_initial_weights_and_global_rng_untouched(
     for (name, x), (_, y) in zip(
         a.module().state_dict().items(), b.module().state_dict().items(), strict=True
     ):
-        assert torch.equal(x, y), name
+        assert torch.equal(x, y), name  # exact: the same seeded draws
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,7 @@ def test_each_text_is_encoded_once(build: Build, texts: LabelledData) -> None:
     assert model.encoder.cache_size == before + 3  # the duplicate is encoded once
     again = build("minilm", texts, head="mlp")  # a rebuilt model shares the encoder's cache
     assert isinstance(again, MiniLMModel) and again.encoder is model.encoder
+    # exact: the cache hands back the very tensors it stored, nothing is recomputed
     torch.testing.assert_close(again.prepare(fresh), first[:3], atol=0, rtol=0)
     assert model.encoder.cache_size == before + 3
 

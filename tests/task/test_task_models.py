@@ -44,6 +44,7 @@ def test_predict_proba_rows_are_distributions(case: tuple[str, TaskModel, Labell
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     assert (proba >= 0).all()
     logits = model.logits(data.items)
+    # exact: the same forward pass; softmax keeps the order of its logits
     np.testing.assert_array_equal(logits.argmax(1), proba.argmax(1))
 
 
@@ -94,6 +95,7 @@ def test_checkpoint_round_trip_restores_predictions(
                 param.add_(0.5)
     assert not np.array_equal(other.logits(data.items), model.logits(data.items))
     load_checkpoint(other, path)
+    # exact: the weights come back bit for bit, and the same call on the same inputs
     np.testing.assert_array_equal(other.logits(data.items), model.logits(data.items))
 
 

@@ -109,7 +109,10 @@ def test_weighted_loss_is_the_normalised_weighted_mean() -> None:
 def test_weights_are_relative_scaling_all_changes_nothing(
     build: Build, digits_small: LabelledData
 ) -> None:
-    # x4 is exact in floating point, so the runs must agree bit for bit.
+    # x4 is exact in floating point and sum(w * loss) / sum(w) divides it out exactly, so
+    # both runs feed every kernel the same numbers (same process, same threads): they must
+    # agree bit for bit. (A tolerance would also pass weights that are not normalised,
+    # whose effect AdamW's scale invariance shrinks to the size of its eps.)
     rng = np.random.default_rng(0)
     weights = rng.uniform(0.5, 2.0, len(digits_small))
     assert identical(
@@ -151,7 +154,7 @@ def test_a_checkpoint_per_epoch_reloads_to_identical_predictions(
 
     fresh = build("small-cnn", digits_small, seed=5)
     load_checkpoint(fresh, result.checkpoints[-1])
-    np.testing.assert_array_equal(
+    np.testing.assert_array_equal(  # exact: the same weights, the same call
         fresh.predict_proba(digits_small.items), model.predict_proba(digits_small.items)
     )
     load_checkpoint(fresh, result.checkpoints[0])

@@ -203,6 +203,7 @@ def test_training_gives_utilities_in_unit_interval_deterministically(
     assert np.all((first.utilities >= 0) & (first.utilities <= 1))
     assert first.weight_history.shape == first.loss_history.shape == (2, len(digits_small))
     assert np.all(first.loss_history > 0)  # every sample was visited in every epoch
+    # exact: the same training call on the same inputs, in this process on its threads
     np.testing.assert_array_equal(first.utilities, again.utilities)
     assert len(first.train_loss) == len(first.meta_loss) == 2
 

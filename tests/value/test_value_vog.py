@@ -54,6 +54,8 @@ def test_vog_matches_numpy_on_a_linear_model(
     assert expected_raw.min() > 0  # the test is not vacuous: the weights did move
     assert len(np.unique(np.round(expected_raw, 12))) == 10  # one value per class
     # every sample of a class has the same gradient W[y], so the class-normalised VoG is 0
+    # (exact: backpropagating a one-hot through W gives the row W[y] itself, 1 * w plus
+    # zeros, in any batch, and a constant class normalises to 0)
     assert np.all(vog.score(linear_model, digits_small) == 0.0)
 
 
@@ -63,6 +65,8 @@ def test_vog_is_zero_when_every_checkpoint_is_the_same_model(
     model, _ = trained_cnn
     same = [model.save(tmp_path / f"epoch-{e:03d}.safetensors") for e in (1, 2, 3)]
     vog = VoG(same)
+    # exact: the same call gives each checkpoint the same float32 gradients, and their mean
+    # in float64 is exact, so every deviation is 0
     assert np.all(vog.raw(model, digits_other) == 0.0)
     assert np.all(vog.score(model, digits_other) == 0.0)
 
