@@ -1,12 +1,16 @@
 """Loading a :class:`RunConfig` from YAML and ``--set`` overrides, with one-line errors.
 
-Every validation failure becomes a one-line :class:`~utilgen.errors.ConfigError` naming the
-key, what is allowed and, on a typo, the closest valid key.
+A config file may start from another: ``extends: <preset name or YAML path>`` loads that
+parent (which may extend in turn) and deep-merges the file's own keys over it, before the
+overrides and validation, so the resolved config never holds ``extends``. Every validation
+failure becomes a one-line :class:`~utilgen.errors.ConfigError` naming the key, what is
+allowed and, on a typo, the closest valid key.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import reprlib
 import sys
 import typing
@@ -30,6 +34,9 @@ MAX_DEPTH = 32
 MAX_VALUES = 100_000
 # Every integer setting ends up in an int64 somewhere (torch seeds, the manifest's columns).
 _INT64 = 2**63
+# An ablation extends its method's preset, which might extend a base: a few levels. A longer
+# chain of `extends:` is a mistake (or a generated loop through ever new file names).
+MAX_EXTENDS = 16
 
 # Values from the user shown in messages: short, on one line, never the whole of a huge input.
 _SHORT = reprlib.Repr()
@@ -188,13 +195,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` deep-merged over it, as ``extends:`` does: mappings merge
+    key by key; a list or scalar in ``update`` replaces ``base``'s value whole. Neither input
+    is changed."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def config_from_dict(
-    raw: dict[str, Any], overrides: list[str] | None = None, *, origin: str = "the config"
+    raw: dict[str, Any],
+    overrides: list[str] | None = None,
+    *,
+    origin: str = "the config",
+    path: str | Path | None = None,
 ) -> RunConfig:
     """Validate a raw mapping (plus overrides) into a :class:`RunConfig`; ``origin`` names
-    where ``raw`` came from in error messages."""
+    where ``raw`` came from in error messages. An ``extends:`` key in ``raw`` is resolved
+    first (a relative parent path against the folder of ``path``, the file ``raw`` was read
+    from, or the working directory)."""
     check_tree(raw, origin)
-    merged = apply_overrides(raw, overrides or [])
+    resolved = _resolve_extends(raw, origin, Path(path) if path is not None else None)
+    if resolved is not raw:
+        check_tree(resolved, origin)  # each file was within the limits; so must the sum be
+    merged = apply_overrides(resolved, overrides or [])
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as err:
@@ -202,22 +231,35 @@ def config_from_dict(
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides; its
-    ``loop.device`` must exist on this machine (the config is about to run here)."""
+    """Load a YAML config (or the defaults when ``path`` is None), resolve its ``extends:``
+    and apply overrides; its ``loop.device`` must exist on this machine (the config is about
+    to run here)."""
     config = _load_config(path, overrides)
     check_device_available(config.loop.device)
     return config
 
 
 def _load_config(path: str | Path | None, overrides: list[str] | None) -> RunConfig:
-    raw: Any = {}
     if path is None:
-        return config_from_dict(raw, overrides)
+        return config_from_dict({}, overrides)
     path = Path(path)
+    raw = _read_config_file(path)
+    return config_from_dict(raw, overrides, origin=f"config file {path}", path=path)
+
+
+def _shown(path: Path) -> str:
+    """``path`` for a message, its middle cut when it is very long."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]}"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds; every way a file can be unusable (missing,
+    not UTF-8, unreadable, not YAML, not a mapping) is a one-line ConfigError naming it.
+    The caller checks the mapping's size (:func:`check_tree`) before walking it."""
     if not _is_file(path):
-        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:120]}...{str(path)[-60:]}"
         raise ConfigError(
-            one_line(f"config file {shown} not found; pass the path of a YAML config")
+            one_line(f"config file {_shown(path)} not found; pass the path of a YAML config")
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -243,7 +285,79 @@ def _load_config(path: str | Path | None, overrides: list[str] | None) -> RunCon
         raise ConfigError(
             one_line(f"config file {path} must hold a mapping of sections at top level")
         )
-    return config_from_dict(raw, overrides, origin=f"config file {path}")
+    return raw
+
+
+def _parent_file(parent: Any, child: Path | None, origin: str) -> Path:
+    """The file that ``extends: parent`` in ``child`` (None: a mapping not read from a
+    file; ``origin`` names it) refers to: a YAML path, relative to ``child``'s folder, or
+    else the name of a shipped preset."""
+    if not isinstance(parent, str):
+        raise ConfigError(
+            one_line(
+                f"'extends' in {origin} must be a preset name or the path of a YAML file, "
+                f"not {show(parent)}"
+            )
+        )
+    path = Path(parent) if child is None else child.parent / parent
+    if _is_file(path):
+        return path
+    if (preset := _preset_file(parent)) is not None:
+        return preset
+    raise ConfigError(
+        one_line(
+            f"{origin} extends {show(parent)}, which is neither a file ({_shown(path)}) nor a "
+            f"preset{_preset_hint(parent)}; presets: {', '.join(preset_names())}"
+        )
+    )
+
+
+def _chain_name(path: Path) -> str:
+    """How a file of an ``extends`` chain is named in a message: a shipped preset by its
+    name, any other file by its path."""
+    if path.suffix == ".yaml" and os.path.realpath(path.parent) == os.path.realpath(_presets()):
+        return path.stem
+    return _shown(path)
+
+
+def _resolve_extends(raw: dict[str, Any], origin: str, path: Path | None) -> dict[str, Any]:
+    """``raw`` with the configs it ``extends`` merged under it, parent first, and every
+    ``extends`` key removed; ``raw`` itself when it extends nothing. ``path`` is the file
+    ``raw`` was read from (None: not a file)."""
+    if "extends" not in raw:
+        return raw
+    # 1. walk up the chain, child first, keeping each file's mapping without `extends`
+    layers: list[dict[str, Any]] = []
+    chain: list[str] = [_chain_name(path) if path is not None else origin]
+    seen: list[str] = [os.path.realpath(path)] if path is not None else []
+    node, where, named = raw, path, origin
+    while "extends" in node:
+        if len(layers) >= MAX_EXTENDS:
+            raise ConfigError(
+                one_line(
+                    f"{origin} extends more than {MAX_EXTENDS} configs in a chain "
+                    f"({' -> '.join(chain[:3])} -> ...); shorten the chain"
+                )
+            )
+        parent = _parent_file(node["extends"], where, named)
+        layers.append({k: v for k, v in node.items() if k != "extends"})
+        chain.append(_chain_name(parent))
+        if (key := os.path.realpath(parent)) in seen:
+            raise ConfigError(
+                one_line(
+                    f"{origin}: 'extends' goes round in a cycle ({' -> '.join(chain)}); "
+                    "remove the extends that closes it"
+                )
+            )
+        seen.append(key)
+        node, where, named = _read_config_file(parent), parent, f"config file {parent}"
+        check_tree(node, named)
+    layers.append(node)
+    # 2. merge down the chain: the root config, then each child over it
+    merged = layers[-1]
+    for layer in reversed(layers[:-1]):
+        merged = merge_config(merged, layer)
+    return merged
 
 
 def _reason(err: BaseException) -> str:
@@ -276,30 +390,48 @@ def save_config(config: RunConfig, path: str | Path) -> Path:
     return write_text_atomic(path, config_to_yaml(config))
 
 
+def _presets() -> Path:
+    """The folder of the shipped presets, ``utilgen/configs``."""
+    return Path(str(resources.files("utilgen") / "configs"))
+
+
 def preset_path(name: str) -> Path:
     """Path of a preset shipped in the package (``utilgen/configs/<name>.yaml``)."""
-    return Path(str(resources.files("utilgen") / "configs" / f"{name}.yaml"))
+    return _presets() / f"{name}.yaml"
 
 
 def preset_names() -> list[str]:
     """Names of the shipped presets."""
-    folder = Path(str(resources.files("utilgen") / "configs"))
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in _presets().glob("*.yaml"))
+
+
+def _preset_file(name: str) -> Path | None:
+    """The shipped preset file ``name`` refers to; None when ``name`` is not a preset name
+    (it has a folder or a YAML suffix) or no such preset is shipped."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.name != name:
+        return None
+    preset = preset_path(name)
+    return preset if _is_file(preset) else None
+
+
+def _preset_hint(name: str) -> str:
+    """`` (did you mean preset 'x'?)`` for the preset closest to ``name``, or nothing."""
+    close = difflib.get_close_matches(name, preset_names(), n=1)
+    return f" (did you mean preset '{close[0]}'?)" if close else ""
 
 
 def resolve_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
     """Load a config from a YAML path or, when no such file exists, a shipped preset name."""
     path = Path(name_or_path)
     if not _is_file(path) and path.suffix not in (".yaml", ".yml") and path.name == name_or_path:
-        if _is_file(preset_path(name_or_path)):
-            path = preset_path(name_or_path)
-        else:
-            close = difflib.get_close_matches(name_or_path, preset_names(), n=1)
-            hint = f" (did you mean preset '{close[0]}'?)" if close else ""
+        preset = _preset_file(name_or_path)
+        if preset is None:
             raise ConfigError(
                 one_line(
-                    f"config {show(name_or_path)} is neither a file nor a preset{hint}; "
-                    f"presets: {', '.join(preset_names())}"
+                    f"config {show(name_or_path)} is neither a file nor a preset"
+                    f"{_preset_hint(name_or_path)}; presets: {', '.join(preset_names())}"
                 )
             )
+        path = preset
     return load_config(path, overrides)
