@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from utilgen.config import config_from_dict, preset_names, preset_path
+from utilgen.config.load import merge_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -28,17 +28,6 @@ def yaml_blocks() -> list[tuple[str, str]]:
     for match in _BLOCK.finditer(text):
         before = text[: match.start()].rstrip().split("\n\n")[-1]
         out.append((before, match.group(1)))
-    return out
-
-
-def merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``update`` merged in: mappings key by key, other values replaced."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
     return out
 
 
@@ -67,7 +56,7 @@ def test_block_loads_whole_or_merged_into_the_preset_it_names(paragraph: str, bl
     preset = named_preset(paragraph)
     assert preset is not None, f"a fragment must name the preset it goes into:\n{paragraph}"
     base = yaml.safe_load(preset_path(preset).read_text(encoding="utf-8"))
-    config_from_dict(merged(base, raw), origin=f"README block merged into {preset}")
+    config_from_dict(merge_config(base, raw), origin=f"README block merged into {preset}")
 
 
 def test_fragments_do_not_load_on_their_own_or_they_would_not_be_fragments() -> None:
