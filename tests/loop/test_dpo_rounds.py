@@ -68,7 +68,7 @@ def test_dpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     first = prepared()
     assert first.generator is not None
     name_before = first.generator.name
-    summary = run(first.config, run_dir, prepared=first).summary
+    summary = run(first.config, run_dir, prepared=first).summary.to_dict()
     pairs = pd.read_parquet(run_dir / "rounds/001/pairs.parquet")
     # 10 classes x 4 samples, ratio 0.5, top-bottom: 2 pairs per class (ties dropped)
     assert 0 < len(pairs) <= 20
@@ -120,7 +120,7 @@ def test_interrupted_after_feedback_resumes_with_the_saved_generator(
 def test_control_arm_regenerates_the_last_round_without_the_feedback(tmp_path: Path) -> None:
     run_dir = tmp_path / "control"
     first = prepared("feedback.control=true")
-    summary = run(first.config, run_dir, prepared=first).summary
+    summary = run(first.config, run_dir, prepared=first).summary.to_dict()
     control = pd.read_parquet(run_dir / "rounds/002/control.parquet")
     frame = PoolStore(run_dir).manifest()
     round2 = frame[(frame["source"] == "synthetic") & (frame["round"] == 2)]

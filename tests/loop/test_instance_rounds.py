@@ -46,7 +46,7 @@ def test_optimised_requests_in_round_two_and_restored_on_resume(
         "feedback.noise_opt.inversion_fixed_point=0",
     )
     run_dir = tmp_path / "instance"
-    summary = run(cfg, run_dir, prepared=prepared(cfg)).summary
+    summary = run(cfg, run_dir, prepared=prepared(cfg)).summary.to_dict()
     saved = read_requests(run_dir / "rounds/002/instance_requests")
     assert len(saved) == 10 * PER_CLASS
     assert all(r.prompt_embeds is not None and r.latents is not None for r in saved)

@@ -49,7 +49,7 @@ def test_report_false_skips_only_the_html(tmp_path: Path, finished: Path) -> Non
     assert not (result.run_dir / "report.html").exists()
     assert (result.run_dir / "report.md").exists()
     # exact: the same run again, in this process and on the same threads
-    assert result.summary == json.loads((finished / "summary.json").read_text())
+    assert result.summary.to_dict() == json.loads((finished / "summary.json").read_text())
 
 
 def test_pool_holds_every_real_sample_once_with_its_split(finished: Path) -> None:
@@ -66,7 +66,7 @@ def test_rerun_resumes_without_duplicates_and_same_summary(finished: Path) -> No
     before = json.loads((finished / "summary.json").read_text())
     n_rows = len(PoolStore(finished).manifest())
     result = run(_config(), finished)
-    assert result.summary == before  # nothing retrained: the stored metrics
+    assert result.summary.to_dict() == before  # nothing retrained: the stored metrics
     assert len(PoolStore(finished).manifest()) == n_rows
 
 

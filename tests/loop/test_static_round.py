@@ -122,7 +122,7 @@ def test_valuation_scores_and_selection_shape_the_training_set(tmp_path: Path) -
     )
     prepared = replace(base, config=config)
     run_dir = tmp_path / "valued"
-    summary = run(config, run_dir, prepared=prepared).summary
+    summary = run(config, run_dir, prepared=prepared).summary.to_dict()
     frame = PoolStore(run_dir).manifest()
     synthetic = frame[frame["source"] == "synthetic"]
     assert synthetic["utility_r001_marginal"].notna().all()
@@ -146,7 +146,7 @@ def test_two_rounds_compare_their_utility_in_feedback_effect(tmp_path: Path) -> 
     config.valuation = type(config.valuation).model_validate({"scores": ["marginal", "margin"]})
     prepared = replace(base, config=config)
     run_dir = tmp_path / "two"
-    summary = run(config, run_dir, prepared=prepared).summary
+    summary = run(config, run_dir, prepared=prepared).summary.to_dict()
     frame = PoolStore(run_dir).manifest()
     synthetic = frame[frame["source"] == "synthetic"]
     # round 2 draws its own requests: new ids and seeds, the same number per class

@@ -92,7 +92,7 @@ def _manifest(run_dir: Path) -> pd.DataFrame:
 def _resume(run_dir: Path, *, repair: bool = False) -> dict[str, Any]:
     return run(
         _config(), run_dir, prepared=prepared(_config()), report=False, repair=repair
-    ).summary
+    ).summary.to_dict()
 
 
 def _refusal(run_dir: Path) -> str:
