@@ -714,7 +714,7 @@ def train_diffusers_dpo(
     from diffusers import DDPMScheduler
 
     from utilgen.config.diffusion import DiffusersLoraConfig
-    from utilgen.generate.lora import _require_sd, add_lora, image_tensor, save_lora
+    from utilgen.generate.lora import add_lora, image_tensor, require_sd, save_lora
 
     # 1. check inputs (before anything is written)
     check_pairs(pairs, None)
@@ -730,7 +730,7 @@ def train_diffusers_dpo(
             "or fold that adapter into the model first"
         )
     pipeline = generator.pipeline
-    _require_sd(pipeline)
+    require_sd(pipeline)
     accelerator = _accelerator()
     _check_settings(cfg, accelerator.device)
     out_dir = Path(out_dir)

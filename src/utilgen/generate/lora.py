@@ -158,7 +158,9 @@ def planned_steps(n_images: int, settings: DiffusersLoraConfig) -> int:
     return settings.max_steps or settings.epochs * per_epoch
 
 
-def _require_sd(pipeline: Any) -> None:
+def require_sd(pipeline: Any) -> None:
+    """Raise a one-line :class:`GenerationError` unless ``pipeline`` is a Stable Diffusion
+    1.x/2.x pipeline (one text encoder), the only kind adapters are trained for here."""
     if getattr(pipeline, "text_encoder_2", None) is not None:
         raise GenerationError(
             f"training adapters supports Stable Diffusion 1.x/2.x (one text encoder), not "
@@ -230,7 +232,7 @@ def train_lora(
     generator seeded with ``seed``: the same inputs give the same adapter on CPU.
     """
     # 1. check inputs
-    _require_sd(pipeline)
+    require_sd(pipeline)
     if data.modality != "image" or len(data) == 0:
         raise GenerationError("LoRA adaptation needs at least one real image")
     if len(prompts) != len(data):

@@ -28,11 +28,11 @@ from utilgen.config.diffusion import DiffusersConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.errors import ModelNotFoundError
 from utilgen.generate.lora import (
-    _require_sd,
     batch_order,
     diffusion_loss,
     image_tensor,
     random_flip,
+    require_sd,
 )
 from utilgen.generate.prompts import class_prompt, class_texts, placeholder_token
 from utilgen.generate.request import GenerationError
@@ -93,7 +93,7 @@ def train_class_tokens(
         GenerationError: a listed class has no real image, or the pipeline is not SD 1.x/2.x.
     """
     # 1. check inputs
-    _require_sd(pipeline)
+    require_sd(pipeline)
     settings = cfg.textual_inversion
     texts = class_texts(data.class_names, cfg)  # validates the class list
     wanted = [data.class_names.index(c) for c in settings.classes]
