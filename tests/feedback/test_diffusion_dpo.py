@@ -419,7 +419,7 @@ def _train_recording_dtypes(
 ) -> tuple[BuiltinDiffusionGenerator, dict[str, torch.Tensor], list[torch.dtype]]:
     """Train the tiny generator with ``mixed_precision=precision``; returns it, its weights
     before, and the dtype of every prediction the loss saw."""
-    from utilgen.feedback import diffusion_dpo
+    from utilgen.feedback.diffusion_dpo import loop as diffusion_dpo
 
     seen: list[torch.dtype] = []
     real_loss = diffusion_dpo.diffusion_dpo_loss
@@ -454,7 +454,7 @@ def test_mixed_precision_path_autocasts_the_forward_passes_bf16_on_cpu(
 ) -> None:
     """The mixed-precision code path without a GPU: the CUDA-only guard lifted, bf16
     autocast (which CPUs support) lowers the predictions, the float32 LoRA still trains."""
-    from utilgen.feedback import diffusion_dpo
+    from utilgen.feedback.diffusion_dpo import loop as diffusion_dpo
 
     monkeypatch.setattr(diffusion_dpo, "_check_settings", lambda cfg, device: None)
     gen, before, seen = _train_recording_dtypes(tmp_path, monkeypatch, "bf16")

@@ -52,25 +52,20 @@ eval mode.
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
 import json
 import logging
 import math
-import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from utilgen.atomic import write_json_atomic
 from utilgen.config.feedback import LMDPOConfig
-from utilgen.faults import fault_point
 from utilgen.feedback.dpo_loss import (
     DPOLossOutput,
     sequence_logps,
@@ -78,15 +73,53 @@ from utilgen.feedback.dpo_loss import (
     weighted_sft_loss,
 )
 from utilgen.feedback.errors import FeedbackError
+from utilgen.feedback.lm_dpo_data import (
+    EpochShuffle,
+    TextPair,
+    TokenizedPair,
+    collate_pairs,
+    eos_id,
+    pair_loader,
+    tokenize_pairs,
+)
+from utilgen.feedback.lm_dpo_policy import (
+    REF_ADAPTER,
+    TRAIN_ADAPTER,
+    check_adapter_dir,
+    is_peft,
+    prepare_policy,
+    reference_mode,
+    supports_logits_to_keep,
+)
+from utilgen.feedback.training_log import TrainingLog, write_result
 from utilgen.progress import progress_bar
+
+__all__ = [
+    "REF_ADAPTER",
+    "TRAIN_ADAPTER",
+    "BatchLoss",
+    "EpochShuffle",
+    "LMDPOResult",
+    "TextPair",
+    "TokenizedPair",
+    "batch_logps",
+    "check_adapter_dir",
+    "chosen_token_counts",
+    "collate_pairs",
+    "dpo_batch_loss",
+    "dpo_train_step",
+    "prepare_policy",
+    "reference_logps",
+    "reference_mode",
+    "supports_logits_to_keep",
+    "tokenize_pairs",
+    "train_lm_dpo",
+]
 
 log = logging.getLogger(__name__)
 
-TRAIN_ADAPTER = "default"
-REF_ADAPTER = "ref"
-LOG_FILE = "log.jsonl"
-RESULT_FILE = "result.json"
-TENSORBOARD_DIR = "tensorboard"
+# TensorBoard tags: train/loss, train/rewards/chosen, ...
+SCALAR_PREFIX = "train"
 METRIC_KEYS = (
     "loss",
     "rewards/chosen",
@@ -100,254 +133,7 @@ METRIC_KEYS = (
 )
 
 
-# 1. pairs and tokens ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextPair:
-    """One preference pair of texts answering the same prompt.
-
-    Attributes:
-        prompt: the raw prompt (formatted by ``format_prompt`` before tokenising).
-        chosen: the preferred completion x+ (plain text, no special tokens).
-        rejected: the dispreferred completion x-.
-        weight: the pair's loss weight (U-DPO: tanh(|r(x+) - r(x-)|); 1 when unweighted).
-        chosen_id: sample id of x+, for logs and error messages.
-        rejected_id: sample id of x-.
-    """
-
-    prompt: str
-    chosen: str
-    rejected: str
-    weight: float = 1.0
-    chosen_id: str = ""
-    rejected_id: str = ""
-
-    def label(self) -> str:
-        """``chosen_id/rejected_id`` (or the start of the prompt) for messages."""
-        if self.chosen_id or self.rejected_id:
-            return f"{self.chosen_id}/{self.rejected_id}"
-        return repr(self.prompt[:40])
-
-
-@dataclass(frozen=True)
-class TokenizedPair:
-    """Token ids of a pair: the shared prompt (already cut to fit) and both completions
-    (each ending with EOS); ``prompt_ids + chosen_ids`` is at most ``max_length`` long."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    weight: float
-
-
-def _adds_special_tokens(format_prompt: Callable[[str], str] | None, tokenizer: Any) -> bool:
-    """Whether the prompt is tokenised with the tokenizer's special tokens, as generation
-    does: ``CausalLMGenerator`` adds them to raw prompts only (a chat template writes its
-    own); its ``chat`` flag says which applies. Other callables: raw unless the tokenizer
-    has a chat template."""
-    owner = getattr(format_prompt, "__self__", None)
-    chat = getattr(owner, "chat", None)
-    if isinstance(chat, bool):
-        return not chat
-    return format_prompt is None or not getattr(tokenizer, "chat_template", None)
-
-
-def _eos_id(tokenizer: Any) -> int:
-    eos = tokenizer.eos_token_id
-    if isinstance(eos, list | tuple):
-        eos = eos[0] if eos else None
-    if eos is None:
-        raise FeedbackError(
-            "the tokenizer has no end-of-text token, so DPO completions cannot end; use a "
-            "causal LM checkpoint whose tokenizer sets eos_token"
-        )
-    return int(eos)
-
-
-def tokenize_pairs(
-    pairs: Sequence[TextPair],
-    tokenizer: Any,
-    *,
-    max_length: int,
-    format_prompt: Callable[[str], str] | None = None,
-    add_special_tokens: bool | None = None,
-) -> list[TokenizedPair]:
-    """Token ids of every pair (see the module docstring, step 1).
-
-    The prompt is cut from the left so that prompt + the longer completion fits
-    ``max_length``; at least one prompt token must stay (it predicts the first completion
-    token).
-
-    Args:
-        add_special_tokens: add the tokenizer's special tokens (BOS) to the prompt; None: as
-            generation does (:func:`_adds_special_tokens`).
-
-    Raises:
-        FeedbackError: a pair whose completion leaves no room for a prompt token, a pair
-            with nothing to score, a negative or non-finite weight, no EOS token.
-    """
-    eos = _eos_id(tokenizer)
-    fmt = format_prompt or (lambda p: p)
-    specials = (
-        _adds_special_tokens(format_prompt, tokenizer)
-        if add_special_tokens is None
-        else add_special_tokens
-    )
-    prompt_cache: dict[str, list[int]] = {}
-    out = []
-    for pair in pairs:
-        if not (math.isfinite(pair.weight) and pair.weight >= 0):
-            raise FeedbackError(
-                f"pair {pair.label()} has weight {pair.weight}; pair weights must be finite "
-                "and >= 0 (tanh(|delta r|) or 1)"
-            )
-        if pair.prompt not in prompt_cache:
-            text = fmt(pair.prompt)
-            prompt_cache[pair.prompt] = list(
-                tokenizer(text, add_special_tokens=specials)["input_ids"]
-            )
-        prompt = prompt_cache[pair.prompt]
-        chosen = [*tokenizer(pair.chosen, add_special_tokens=False)["input_ids"], eos]
-        rejected = [*tokenizer(pair.rejected, add_special_tokens=False)["input_ids"], eos]
-        room = max_length - max(len(chosen), len(rejected))
-        if prompt and room < 1:
-            raise FeedbackError(
-                f"pair {pair.label()}: a completion of {max(len(chosen), len(rejected))} tokens "
-                f"leaves no prompt token within feedback.dpo.max_length={max_length}; raise "
-                "feedback.dpo.max_length or lower generator.lm.max_new_tokens"
-            )
-        if not prompt and min(len(chosen), len(rejected)) < 2:
-            raise FeedbackError(
-                f"pair {pair.label()} has an empty prompt and an empty completion, so no "
-                "completion token can be scored; drop empty texts before building pairs"
-            )
-        if len(prompt) > room:
-            prompt = prompt[len(prompt) - room :]
-        out.append(TokenizedPair(prompt, chosen, rejected, float(pair.weight)))
-    return out
-
-
-def collate_pairs(batch: Sequence[TokenizedPair], *, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One padded batch: rows ``[chosen_0 .. chosen_B-1, rejected_0 .. rejected_B-1]``.
-
-    Returns:
-        ``input_ids``, ``attention_mask``, ``completion_mask`` (``(2B, L)``, right padded)
-        and ``weights`` (``(B,)`` float32).
-    """
-    rows = [(p.prompt_ids, p.chosen_ids) for p in batch]
-    rows += [(p.prompt_ids, p.rejected_ids) for p in batch]
-    length = max(len(a) + len(b) for a, b in rows)
-    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    completion = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, (prompt, answer) in enumerate(rows):
-        n = len(prompt) + len(answer)
-        input_ids[i, :n] = torch.tensor(prompt + answer)
-        attention[i, :n] = 1
-        completion[i, len(prompt) : n] = 1
-    weights = torch.tensor([p.weight for p in batch], dtype=torch.float32)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "completion_mask": completion,
-        "weights": weights,
-    }
-
-
-class EpochShuffle(Sampler[int]):
-    """Indices ``0..n-1`` in the order of ``randperm(n)`` seeded with ``seed + epoch``: the
-    same on every process, different each epoch (call :meth:`set_epoch`)."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-
-# 2. policy and reference --------------------------------------------------------------------
-
-
-def _is_peft(model: Any) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def check_adapter_dir(adapter: str | None) -> Path | None:
-    """``cfg.adapter`` as a path, checked to hold a peft adapter (None when unset).
-
-    Raises:
-        FeedbackError: the directory holds no ``adapter_config.json``.
-    """
-    if adapter is None:
-        return None
-    root = Path(adapter).expanduser()
-    if not (root / "adapter_config.json").is_file():
-        raise FeedbackError(
-            f"feedback.dpo.adapter {adapter!r} holds no adapter_config.json; pass a directory "
-            "written by a peft model's save_pretrained, or unset it to train a fresh LoRA"
-        )
-    return root
-
-
-def prepare_policy(model: Any, cfg: LMDPOConfig, adapter: Path | None = None) -> tuple[Any, Any]:
-    """The model to train and its separate reference model (None when the reference is the
-    same peft model with its adapter off or switched to ``ref``).
-
-    * ``cfg.lora`` without ``adapter``: a fresh peft LoRA (``lora_r``, ``lora_alpha``,
-      ``lora_dropout``, ``lora_target_modules``) wraps ``model`` in place;
-    * with ``adapter``: that adapter, trainable, plus a frozen copy ``ref`` as the reference;
-    * ``cfg.lora`` false: every weight trains against a frozen deep copy.
-
-    A peft model passed in has its adapter merged first (it is the starting policy).
-    Seed torch before calling: LoRA's A matrices are drawn from the global generator.
-    """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    if _is_peft(model):
-        log.info("merging the adapter the LM carries into its weights before DPO")
-        model = model.merge_and_unload()
-    if adapter is not None:
-        policy = PeftModel.from_pretrained(
-            model, str(adapter), adapter_name=TRAIN_ADAPTER, is_trainable=True
-        )
-        policy.load_adapter(str(adapter), adapter_name=REF_ADAPTER, is_trainable=False)
-        policy.set_adapter(TRAIN_ADAPTER)
-        return policy, None
-    if cfg.lora:
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora), None
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
-    return model.requires_grad_(True), reference
-
-
-def _base_model(model: Any) -> Any:
-    while hasattr(model, "module"):  # DistributedDataParallel and friends
-        model = model.module
-    return model.get_base_model() if _is_peft(model) else model
-
-
-def supports_logits_to_keep(model: Any) -> bool:
-    """Whether the transformers model under ``model`` takes ``logits_to_keep``."""
-    forward = type(_base_model(model)).forward
-    return "logits_to_keep" in inspect.signature(forward).parameters
+# 1. the loss of a batch ---------------------------------------------------------------------
 
 
 def batch_logps(
@@ -368,27 +154,6 @@ def batch_logps(
     logps = sequence_logps(logits[:, -keep:], input_ids[:, -keep:], completion[:, -keep:])
     chosen, rejected = logps.chunk(2)
     return chosen, rejected
-
-
-@contextlib.contextmanager
-def reference_mode(peft_model: Any) -> Iterator[None]:
-    """Inside: ``peft_model`` computes the reference (adapter ``ref`` active, or the adapter
-    switched off), in eval mode; restored afterwards."""
-    was_training = peft_model.training
-    peft_model.eval()
-    try:
-        if REF_ADAPTER in peft_model.peft_config:
-            peft_model.set_adapter(REF_ADAPTER)
-            try:
-                yield
-            finally:
-                # set_adapter makes the named adapter trainable and freezes the others.
-                peft_model.set_adapter(TRAIN_ADAPTER)
-        else:
-            with peft_model.disable_adapter():
-                yield
-    finally:
-        peft_model.train(was_training)
 
 
 def reference_logps(
@@ -499,45 +264,7 @@ def dpo_train_step(
     return out, grad_norm
 
 
-# 3. logs ------------------------------------------------------------------------------------
-
-
-@dataclass
-class StepLog:
-    """Per-step records to ``log.jsonl`` (appended and flushed line by line) and TensorBoard;
-    a no-op on processes other than the main one."""
-
-    out_dir: Path
-    enabled: bool
-    history: list[dict[str, float]] = field(default_factory=list)
-    writer: Any = None
-
-    def __post_init__(self) -> None:
-        if not self.enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        # A fresh training run owns these: drop what an interrupted attempt left behind.
-        (self.out_dir / LOG_FILE).unlink(missing_ok=True)
-        shutil.rmtree(self.out_dir / TENSORBOARD_DIR, ignore_errors=True)
-        self.writer = SummaryWriter(str(self.out_dir / TENSORBOARD_DIR))
-
-    def write(self, record: dict[str, float]) -> None:
-        self.history.append(record)
-        if not self.enabled:
-            return
-        with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-        step = int(record["step"])
-        for key, value in record.items():
-            if key not in ("step", "epoch"):
-                self.writer.add_scalar(f"train/{key}", value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
+# 2. logged metrics --------------------------------------------------------------------------
 
 
 class _Pending:
@@ -570,7 +297,7 @@ class _Pending:
         return means
 
 
-# 4. training --------------------------------------------------------------------------------
+# 3. training --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -640,6 +367,105 @@ def _saved_tag(out_dir: Path, lora: bool) -> tuple[Path, str]:
     return target, f"{kind}:{adapter_hash(target)}"
 
 
+def _save_and_record(
+    accelerator: Any,
+    prepared: Any,
+    out_dir: Path,
+    cfg: LMDPOConfig,
+    *,
+    lora: bool,
+    step: int,
+    history: list[dict[str, float]],
+    n_pairs: int,
+    started: float,
+) -> LMDPOResult:
+    """Save the trained adapter (or model), then write ``result.json`` last (files from the
+    main process only); ``started`` is the training's ``perf_counter`` start."""
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(prepared)
+    if lora and REF_ADAPTER in trained.peft_config:
+        trained.delete_adapter(REF_ADAPTER)
+    if accelerator.is_main_process:
+        _save(trained, out_dir, lora)
+    accelerator.wait_for_everyone()
+    target, tag = _saved_tag(out_dir, lora)
+    record = {
+        "tag": tag,
+        "weights_dir": target.name,
+        "lora": lora,
+        "steps": step,
+        "epochs": cfg.epochs,
+        "seconds": round(time.perf_counter() - started, 3),
+        "pairs": n_pairs,
+        "processes": accelerator.num_processes,
+        "beta": cfg.beta,
+        "sft_weight": cfg.sft_weight,
+        "final": history[-1] if history else {},
+    }
+    write_result(out_dir, record, enabled=accelerator.is_main_process)
+    accelerator.free_memory()
+    trained.eval()
+    log.info("U-DPO done: %d steps, saved %s (%s)", step, target, tag)
+    return LMDPOResult(adapter_dir=target, tag=tag, steps=step, history=history, model=trained)
+
+
+def _train_steps(
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    params: Sequence[torch.nn.Parameter],
+    loader: DataLoader[TokenizedPair],
+    sampler: EpochShuffle,
+    cfg: LMDPOConfig,
+    *,
+    reference: Any,
+    logits_to_keep: bool,
+    out_dir: Path,
+    total: int,
+    description: str,
+) -> tuple[int, list[dict[str, float]]]:
+    """``cfg.epochs`` epochs of :func:`dpo_train_step` over ``loader``; every
+    ``cfg.log_every`` optimiser steps and the last one are logged to ``out_dir`` (created
+    here by the main process). Returns the optimiser steps taken and the logged records."""
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    pending = _Pending()
+    step = 0
+    logs = TrainingLog(out_dir, enabled=main, scalar_prefix=SCALAR_PREFIX, sort_keys=True)
+    bar = progress_bar(description, total) if main else contextlib.nullcontext(lambda n: None)
+    with logs, bar as advance:
+        for epoch in range(cfg.epochs):
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                out, grad_norm = dpo_train_step(
+                    accelerator,
+                    model,
+                    optimizer,
+                    params,
+                    batch,
+                    beta=cfg.beta,
+                    max_grad_norm=cfg.max_grad_norm,
+                    sft_weight=cfg.sft_weight,
+                    reference=reference,
+                    logits_to_keep=logits_to_keep,
+                )
+                pending.add(accelerator, out)
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                advance(1)
+                if step % cfg.log_every == 0 or step == total:
+                    record = {"step": float(step), "epoch": float(epoch), **pending.means()}
+                    record["lr"] = float(optimizer.param_groups[0]["lr"])
+                    if grad_norm is not None:
+                        record["grad_norm"] = grad_norm
+                    logs.write(record)
+        if pending:  # a last partial accumulation that did not reach a logged step
+            logs.write({"step": float(step), "epoch": float(cfg.epochs - 1), **pending.means()})
+    return step, logs.history
+
+
 def train_lm_dpo(
     model: Any,
     tokenizer: Any,
@@ -685,31 +511,24 @@ def train_lm_dpo(
         format_prompt=format_prompt,
         add_special_tokens=add_special_tokens,
     )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
     # 2. policy and reference
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     torch.manual_seed(seed)
     policy, reference = prepare_policy(model, cfg, adapter)
     policy.train()
-    lora = _is_peft(policy)
+    lora = is_peft(policy)
     keep = supports_logits_to_keep(policy)
 
     # 3. data and optimiser
-    sampler = EpochShuffle(len(tokens), seed)
-    loader: DataLoader[TokenizedPair] = DataLoader(
-        tokens,  # type: ignore[arg-type]  # a list is a map-style dataset
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        collate_fn=partial(collate_pairs, pad_token_id=pad_id),
-    )
+    loader, sampler = pair_loader(tokens, batch_size=cfg.batch_size, seed=seed, pad_token_id=pad_id)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     prepared, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
     if reference is not None:
         reference.to(accelerator.device)
-    steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
-    total = steps_per_epoch * cfg.epochs
+    total = math.ceil(len(loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     log.info(
         "U-DPO: %d pairs, %d epochs, %d optimiser steps, %s, %d processes",
         len(tokens),
@@ -720,74 +539,30 @@ def train_lm_dpo(
     )
 
     # 4. train
-    main = accelerator.is_main_process
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    logs = StepLog(out_dir, enabled=main)
-    pending = _Pending()
-    step = 0
-    bar = progress_bar(f"U-DPO ({len(tokens)} pairs)", total) if main else None
-    try:
-        with bar if bar is not None else contextlib.nullcontext(lambda n: None) as advance:
-            for epoch in range(cfg.epochs):
-                sampler.set_epoch(epoch)
-                for batch in loader:
-                    out, grad_norm = dpo_train_step(
-                        accelerator,
-                        prepared,
-                        optimizer,
-                        params,
-                        batch,
-                        beta=cfg.beta,
-                        max_grad_norm=cfg.max_grad_norm,
-                        sft_weight=cfg.sft_weight,
-                        reference=reference,
-                        logits_to_keep=keep,
-                    )
-                    pending.add(accelerator, out)
-                    if not accelerator.sync_gradients:
-                        continue
-                    step += 1
-                    advance(1)
-                    if step % cfg.log_every == 0 or step == total:
-                        record = {"step": float(step), "epoch": float(epoch), **pending.means()}
-                        record["lr"] = float(optimizer.param_groups[0]["lr"])
-                        if grad_norm is not None:
-                            record["grad_norm"] = grad_norm
-                        logs.write(record)
-        if pending:  # a last partial accumulation that did not reach a logged step
-            logs.write({"step": float(step), "epoch": float(cfg.epochs - 1), **pending.means()})
-    finally:
-        logs.close()
+    step, history = _train_steps(
+        accelerator,
+        prepared,
+        optimizer,
+        params,
+        loader,
+        sampler,
+        cfg,
+        reference=reference,
+        logits_to_keep=keep,
+        out_dir=out_dir,
+        total=total,
+        description=f"U-DPO ({len(tokens)} pairs)",
+    )
 
     # 5. save: the adapter (or model), then result.json last
-    accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(prepared)
-    if lora and REF_ADAPTER in trained.peft_config:
-        trained.delete_adapter(REF_ADAPTER)
-    if main:
-        _save(trained, out_dir, lora)
-    accelerator.wait_for_everyone()
-    target, tag = _saved_tag(out_dir, lora)
-    fault_point("feedback.trained")
-    if main:
-        write_json_atomic(
-            out_dir / RESULT_FILE,
-            {
-                "tag": tag,
-                "weights_dir": target.name,
-                "lora": lora,
-                "steps": step,
-                "epochs": cfg.epochs,
-                "seconds": round(time.perf_counter() - started, 3),
-                "pairs": len(tokens),
-                "processes": accelerator.num_processes,
-                "beta": cfg.beta,
-                "sft_weight": cfg.sft_weight,
-                "final": logs.history[-1] if logs.history else {},
-            },
-        )
-    accelerator.free_memory()
-    trained.eval()
-    log.info("U-DPO done: %d steps, saved %s (%s)", step, target, tag)
-    return LMDPOResult(adapter_dir=target, tag=tag, steps=step, history=logs.history, model=trained)
+    return _save_and_record(
+        accelerator,
+        prepared,
+        out_dir,
+        cfg,
+        lora=lora,
+        step=step,
+        history=history,
+        n_pairs=len(tokens),
+        started=started,
+    )

@@ -29,13 +29,12 @@ from utilgen.config import RunConfig
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
 from utilgen.feedback.pairs import build_pairs, pairs_path, read_pairs, write_pairs
+from utilgen.feedback.training_log import RESULT_FILE
 from utilgen.generate import Generator
 from utilgen.pool import PoolStore
 from utilgen.pool.payload import decode_image, decode_text
 
 log = logging.getLogger(__name__)
-
-RESULT_FILE = "result.json"
 
 
 def feedback_dir(run_dir: Path, round_index: int) -> Path:
