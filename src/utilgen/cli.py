@@ -164,6 +164,7 @@ def run_cmd(
         out_console.print(describe_plan(check_run(cfg, run_dir), run_dir), markup=False)
         return
     from utilgen.loop.run import run
+    from utilgen.pool.layout import RunLayout
     from utilgen.report import RunSummary, fidelity_rich_table, to_rich_table
 
     result = run(cfg, run_dir, report=report, repair=repair)
@@ -174,7 +175,7 @@ def run_cmd(
     out_console.print(to_rich_table([summary]))
     out_console.print(f"run directory: {result.run_dir}")
     if report:
-        out_console.print(f"report: {result.run_dir / 'report.html'}")
+        out_console.print(f"report: {RunLayout(result.run_dir).report_html}")
 
 
 @app.command(

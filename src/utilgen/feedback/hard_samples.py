@@ -55,9 +55,6 @@ from utilgen.value.selectors import rank_order
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "hard_samples.json"
-"""Name of the plan file in ``RUN/rounds/NNN/`` (parents and their prompts)."""
-
 
 @dataclass(frozen=True)
 class HardParent:

@@ -28,25 +28,18 @@ from PIL import Image
 from utilgen.config import RunConfig
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
-from utilgen.feedback.pairs import build_pairs, pairs_path, read_pairs, write_pairs
+from utilgen.feedback.pairs import build_pairs, read_pairs, write_pairs
 from utilgen.feedback.training_log import RESULT_FILE
 from utilgen.generate import Generator
-from utilgen.pool import PoolStore
+from utilgen.pool import PoolStore, RunLayout
 from utilgen.pool.payload import decode_image, decode_text
 
 log = logging.getLogger(__name__)
 
 
-def feedback_dir(run_dir: Path, round_index: int) -> Path:
-    """``RUN/rounds/NNN/adapters/dpo``: what round ``round_index``'s feedback trained."""
-    return run_dir / "rounds" / f"{round_index:03d}" / "adapters" / "dpo"
-
-
 def scored_table(store: PoolStore, run_dir: Path, round_index: int, score: str) -> pd.DataFrame:
     """The round's scored samples: id, label, class_name, prompt and ``utility`` = ``score``."""
-    from utilgen.value.record import scores_path
-
-    path = scores_path(run_dir, round_index)
+    path = RunLayout(run_dir).round(round_index).scores
     if not path.exists():
         raise UtilgenError(
             f"feedback needs the scores of round {round_index} ({path} is missing); "
@@ -68,7 +61,7 @@ def round_pairs(
     store: PoolStore, config: RunConfig, run_dir: Path, round_index: int
 ) -> pd.DataFrame:
     """Round ``round_index``'s preference pairs, built once and read back on resume."""
-    path = pairs_path(run_dir, round_index)
+    path = RunLayout(run_dir).round(round_index).pairs
     if path.exists():
         return read_pairs(path)
     table = scored_table(store, run_dir, round_index, config.feedback.pairs.score)
@@ -149,7 +142,7 @@ def apply_model_feedback(
     """Fine-tune ``generator`` on round ``round_index``'s preference pairs (or, when the run
     directory already holds the result, restore it); returns the generator for the next
     round (the same object, updated, except for the built-in generator on resume)."""
-    out = feedback_dir(run_dir, round_index)
+    out = RunLayout(run_dir).round(round_index).dpo_adapter
     if (out / RESULT_FILE).exists():
         return restore_model_feedback(generator, config, run_dir, round_index)
     pairs = round_pairs(store, config, run_dir, round_index)
@@ -194,7 +187,7 @@ def restore_model_feedback(
     generator: Generator, config: RunConfig, run_dir: Path, round_index: int
 ) -> Generator:
     """Re-apply what round ``round_index``'s feedback saved (a resumed run)."""
-    out = feedback_dir(run_dir, round_index)
+    out = RunLayout(run_dir).round(round_index).dpo_adapter
     result = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
     kind = config.generator.kind
     log.info("round %d: restoring the DPO feedback saved in %s", round_index, out)

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from utilgen.atomic import write_bytes_atomic
 from utilgen.config.feedback import PreferencePairConfig
 from utilgen.errors import UtilgenError
+from utilgen.pool.layout import RunLayout
 
-PAIRS_FILE = "pairs.parquet"
 PAIR_COLUMNS = [
     "class_name",
     "label",
@@ -51,7 +51,7 @@ class PairError(UtilgenError):
 
 def pairs_path(run_dir: str | Path, round_index: int) -> Path:
     """``RUN/rounds/NNN/pairs.parquet``."""
-    return Path(run_dir) / "rounds" / f"{round_index:03d}" / PAIRS_FILE
+    return RunLayout(run_dir).round(round_index).pairs
 
 
 def pair_slots(n: int, ratio: float, scheme: str) -> list[tuple[int, int]]:

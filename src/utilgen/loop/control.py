@@ -29,9 +29,9 @@ from utilgen.atomic import write_bytes_atomic
 from utilgen.config import RunConfig
 from utilgen.data import LabelledData, Splits
 from utilgen.generate import GenerationRequest, Generator
-from utilgen.pool import Sample
+from utilgen.pool import RoundLayout, Sample
 from utilgen.pool.payload import decode_item
-from utilgen.report.feedback_effect import ABSOLUTE_SCORES, CONTROL_FILE
+from utilgen.report.feedback_effect import ABSOLUTE_SCORES
 from utilgen.scale import on_backend, scorer_on_backend
 from utilgen.task import TaskModel
 
@@ -105,4 +105,4 @@ def write_control(out: Path, frame: pd.DataFrame) -> Path:
     """``out/control.parquet``, atomically."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
-    return write_bytes_atomic(out / CONTROL_FILE, buffer.getvalue())
+    return write_bytes_atomic(RoundLayout(out).control, buffer.getvalue())

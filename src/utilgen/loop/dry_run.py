@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from utilgen.config import IMAGE_GENERATORS, RunConfig
-from utilgen.loop.run import Plan, projected_cost, round_dir
+from utilgen.loop.run import Plan, projected_cost
 from utilgen.loop.stopping import Cost, budget_exceeded
+from utilgen.pool.layout import RunLayout, round_name
 
 STAGE1 = "round 0 (stage 1)"
 
@@ -96,17 +97,19 @@ def _round_lines(plan: Plan) -> tuple[list[str], int]:
 
 
 def _written(config: RunConfig, run_dir: Path, last: int) -> list[str]:
-    rounds = round_dir(run_dir, 0).parent
+    layout = RunLayout(run_dir)
+    first, final = round_name(0), round_name(last)
     names = [
-        f"{run_dir}/config.yaml (the resolved config) and {run_dir}/lock while it runs",
-        f"{run_dir}/pool/manifest.parquet and pool/blobs/ (real and synthetic samples)",
-        f"{rounds}/000..{last:03d}/ (metrics.json, checkpoints/, scores and feedback files)",
-        f"{run_dir}/summary.json, report.md, report.html",
+        f"{layout.config} (the resolved config) and {layout.lock} while it runs",
+        f"{layout.manifest} and pool/blobs/ (real and synthetic samples)",
+        f"{layout.rounds_dir}/{first}..{final}/ (metrics.json, checkpoints/, scores and "
+        "feedback files)",
+        f"{layout.summary}, report.md, report.html",
     ]
     if last >= 2:
-        names.append(f"{run_dir}/feedback_effect.json and its plot")
+        names.append(f"{layout.feedback_effect} and its plot")
     if config.feedback.control and last >= 2:
-        names.append(f"{rounds}/{last:03d}/control.parquet (the control arm)")
+        names.append(f"{layout.round(last).control} (the control arm)")
     return names
 
 
@@ -126,7 +129,7 @@ def describe_plan(plan: Plan, run_dir: Path) -> str:
             f"{len(plan.requests)} requests in round 1"
         )
     rounds, last = _round_lines(plan)
-    resumes = (run_dir / "config.yaml").exists()
+    resumes = RunLayout(run_dir).config.exists()
     where = f"run directory: {run_dir} ({'resumed' if resumes else 'new'})"
     written = ["writes:", *[f"  {line}" for line in _written(config, run_dir, last)]]
     return "\n".join([*head, where, *rounds, *written])

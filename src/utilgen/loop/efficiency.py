@@ -37,14 +37,14 @@ from utilgen.atomic import write_json_atomic
 from utilgen.config import RunConfig, config_to_yaml, load_config
 from utilgen.data import LabelledData, Splits
 from utilgen.errors import UtilgenError
-from utilgen.loop.run import build_model, prepare, round_dir
-from utilgen.loop.training_set import TRAINING_SET, read_training_set
-from utilgen.pool import PoolStore
+from utilgen.loop.run import build_model, prepare
+from utilgen.loop.training_set import read_training_set
+from utilgen.pool import PoolStore, RunLayout
 from utilgen.pool.lock import RunLock
 from utilgen.pool.schema import utility_column
 from utilgen.progress import progress_bar
 from utilgen.report import load_summary
-from utilgen.report.efficiency import DEFAULT_FRACTIONS, EFFICIENCY_FILE, check_fractions
+from utilgen.report.efficiency import DEFAULT_FRACTIONS, check_fractions
 from utilgen.task import evaluate, train
 from utilgen.task.train import Advance
 from utilgen.value.record import WEIGHT_COLUMN
@@ -53,7 +53,6 @@ from utilgen.value.selectors import round_half_up
 log = logging.getLogger(__name__)
 
 ORDER = "stratified-random"
-PARTIAL_FILE = "efficiency.partial.json"
 
 
 @dataclass(frozen=True)
@@ -84,9 +83,9 @@ def final_synthetic(
     Zero-weight samples are left out: training removes them exactly (``utilgen.task.train``),
     so they were never trained on and do not count as samples used.
     """
-    recorded = round_dir(store.run_dir, round_index)
-    if (recorded / TRAINING_SET).is_file():
-        table = read_training_set(recorded)
+    recorded = store.layout.round(round_index)
+    if recorded.training_set.is_file():
+        table = read_training_set(recorded.path)
         every = store.load_labelled(source="synthetic", class_names=class_names, name="synthetic")
         position = {sample_id: i for i, sample_id in enumerate(every.ids)}
         data = every.subset([position[i] for i in table["id"]])
@@ -154,8 +153,8 @@ def _inputs_digest(config: RunConfig, synthetic: FinalSynthetic) -> str:
 def _cached_points(run_dir: Path, inputs: str) -> dict[float, dict[str, Any]]:
     """Points already computed for the same inputs, from the final or the partial file."""
     found: dict[float, dict[str, Any]] = {}
-    for name in (EFFICIENCY_FILE, PARTIAL_FILE):
-        path = run_dir / name
+    layout = RunLayout(run_dir)
+    for path in (layout.efficiency, layout.efficiency_partial):
         if not path.is_file():
             continue
         try:
@@ -217,9 +216,10 @@ def efficiency_curve(
     """
     # 1. check inputs
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     summary = load_summary(run_dir).summary
     wanted = check_fractions(fractions)
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(layout.config)
     round_index = int(summary["rounds"]) - 1
     if round_index < 1:
         raise UtilgenError(
@@ -268,7 +268,7 @@ def efficiency_curve(
                     points[fraction]["accuracy"],
                 )
                 partial = {**header, "points": [points[f] for f in sorted(points)]}
-                write_json_atomic(run_dir / PARTIAL_FILE, partial)
+                write_json_atomic(layout.efficiency_partial, partial)
 
         # 4. the curve, written last
         result = {**header, "points": [points[f] for f in wanted]}
@@ -279,6 +279,6 @@ def efficiency_curve(
                 points[1.0]["accuracy"],
                 summary["accuracy"],
             )
-        write_json_atomic(run_dir / EFFICIENCY_FILE, result)
-        (run_dir / PARTIAL_FILE).unlink(missing_ok=True)
+        write_json_atomic(layout.efficiency, result)
+        layout.efficiency_partial.unlink(missing_ok=True)
     return result

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from utilgen.config import load_config
 from utilgen.errors import UtilgenError
-from utilgen.feedback.model_level import RESULT_FILE, apply_model_feedback, feedback_dir
-from utilgen.loop.run import prepare, round_dir
-from utilgen.pool import PoolStore
+from utilgen.feedback.model_level import RESULT_FILE, apply_model_feedback
+from utilgen.loop.run import prepare
+from utilgen.pool import PoolStore, RunLayout
 
 
 def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, object]:
@@ -33,7 +33,8 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
             1..rounds-1, or a round that has not been generated and scored yet.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    layout = RunLayout(run_dir)
+    config_path = layout.config
     if not config_path.is_file():
         raise UtilgenError(
             f"{run_dir} is not a run directory (no config.yaml); start it with `utilgen run`"
@@ -49,7 +50,7 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
             f"--round {round_index} has no feedback: it runs after rounds 1.."
             f"{config.loop.rounds - 1} of this run; pick one of them"
         )
-    if not (round_dir(run_dir, round_index) / "metrics.json").is_file():
+    if not layout.round(round_index).metrics.is_file():
         raise UtilgenError(
             f"round {round_index} of {run_dir} has not finished; run `utilgen run` on it "
             "until that round is done (stop it after the round, e.g. with loop.rounds)"
@@ -62,6 +63,6 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
         for earlier in range(1, round_index + 1):
             generator = apply_model_feedback(generator, store, config, run_dir, earlier)
     result: dict[str, object] = json.loads(
-        (feedback_dir(run_dir, round_index) / RESULT_FILE).read_text(encoding="utf-8")
+        (layout.round(round_index).dpo_adapter / RESULT_FILE).read_text(encoding="utf-8")
     )
     return result

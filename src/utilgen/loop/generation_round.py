@@ -21,7 +21,7 @@ from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
 from utilgen.loop.training_set import build_training_set
-from utilgen.pool import PoolStore, Sample
+from utilgen.pool import PoolStore, RoundLayout, Sample
 from utilgen.scale import on_backend, scorer_on_backend, trainer_on_backend
 from utilgen.task import TaskModel, evaluate, train_val_gap
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
@@ -210,7 +210,7 @@ def run_generation_round(
         cfg.task,
         weights=chosen.weights,
         val=splits.val,
-        checkpoint_dir=out / "checkpoints",
+        checkpoint_dir=RoundLayout(out).checkpoints,
         seed=cfg.seed,
     )
     train_metrics = evaluate(student, train_data)

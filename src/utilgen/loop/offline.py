@@ -24,7 +24,7 @@ from utilgen.config import DataConfig, RunConfig
 from utilgen.data import LabelledData, load_data
 from utilgen.errors import ConfigError
 from utilgen.pool import PoolStore, Sample, samples_from_labelled
-from utilgen.pool.layout import manifest_path
+from utilgen.pool.layout import RunLayout
 
 FILE_SOURCES = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -79,7 +79,7 @@ def offline_samples(config: RunConfig, real: LabelledData) -> list[Sample]:
         raise ConfigError("loop.mode=offline needs loop.offline_pool")
     if not path.exists():
         raise ConfigError(f"loop.offline_pool {path} not found; pass an existing path")
-    is_run = path.is_dir() and manifest_path(path).is_file()
+    is_run = path.is_dir() and RunLayout(path).manifest.is_file()
     found = _from_run(path) if is_run else _from_files(path, config)
     return relabel(found, real.class_names, real.modality, source=str(path))
 

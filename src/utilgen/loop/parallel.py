@@ -23,7 +23,7 @@ from typing import Any
 from utilgen.config import RunConfig
 from utilgen.loop.run import prepare, run
 from utilgen.loop.schedule import Job, run_jobs
-from utilgen.report.runs import SUMMARY_FILE
+from utilgen.pool import RunLayout
 
 # Pretraining and adapting a built-in generator (demo settings, one thread), in the units of
 # the runs' costs (seconds): what makes its job start before the runs that wait for it.
@@ -78,7 +78,7 @@ def run_jobs_for(planned: Sequence[PlannedRun], *, report: bool) -> list[Job]:
     runs = []
     for item in planned:
         after: tuple[str, ...] = ()
-        finished = (item.run_dir / SUMMARY_FILE).is_file()
+        finished = RunLayout(item.run_dir).summary.is_file()
         if not finished and (key := generator_job_key(item.config)) is not None:
             generators.setdefault(key, Job(key, prepare_generator, (item.config,), GENERATOR_COST))
             after = (key,)

@@ -28,13 +28,12 @@ from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import static_requests
+from utilgen.pool import RoundLayout
 from utilgen.task import TaskModel
 from utilgen.task.checkpoint import list_checkpoints, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-HARD_SAMPLE_PLAN = "hard_samples.json"
-INSTANCE_REQUESTS = "instance_requests"
 OPTIMISERS = ("prompt_ascent", "noise_opt")
 
 
@@ -63,11 +62,12 @@ def _scorer(ctx: RoundContext, which: str) -> TaskModel:
     """The judge, or the student: the classifier trained in the previous round."""
     if which == "judge":
         return ctx.judge
-    found = list_checkpoints(ctx.previous / "checkpoints")
+    previous = RoundLayout(ctx.previous)
+    found = list_checkpoints(previous.checkpoints)
     if not found:
         raise UtilgenError(
-            f"no checkpoint in {ctx.previous / 'checkpoints'}; delete "
-            f"{ctx.previous / 'metrics.json'} and re-run to retrain that round"
+            f"no checkpoint in {previous.checkpoints}; delete {previous.metrics} and re-run "
+            "to retrain that round"
         )
     model = ctx.new_model()
     load_checkpoint(model, found[-1])
@@ -104,7 +104,7 @@ def _optimised_requests(
     from utilgen.generate.differentiable import differentiable_sampler
     from utilgen.generate.request_io import read_requests, write_requests
 
-    path = ctx.out / INSTANCE_REQUESTS
+    path = RoundLayout(ctx.out).instance_requests
     if path.with_suffix(".json").exists():
         log.info("round %d: optimised requests read from %s", ctx.round_index, path)
         return read_requests(path)
@@ -131,7 +131,7 @@ def _hard_sample_requests(ctx: RoundContext) -> list[GenerationRequest]:
 
     cfg = ctx.config
     hs = cfg.feedback.hard_samples
-    plan = ctx.out / HARD_SAMPLE_PLAN
+    plan = RoundLayout(ctx.out).hard_sample_plan
     if plan.exists():
         parents, prompts = read_hard_sample_plan(plan)
     else:

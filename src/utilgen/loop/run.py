@@ -62,10 +62,10 @@ from utilgen.loop.stopping import (
     spent,
 )
 from utilgen.loop.training_set import ratio_caps
-from utilgen.pool import PoolStore, Sample, samples_from_labelled
+from utilgen.pool import PoolStore, RoundLayout, RunLayout, Sample, samples_from_labelled
 from utilgen.pool.repair import check_run_dir
 from utilgen.report import write_run_report
-from utilgen.report.feedback_effect import CONTROL_FILE, write_feedback_effect
+from utilgen.report.feedback_effect import write_feedback_effect
 from utilgen.report.html import build_run_html
 from utilgen.scale import check_backend, trainer_on_backend, warm_actors
 from utilgen.task import (
@@ -114,11 +114,6 @@ class RunResult:
     run_dir: Path
     summary: Summary
     rounds: tuple[RoundMetrics, ...] = ()
-
-
-def round_dir(run_dir: Path, round_index: int) -> Path:
-    """``RUN/rounds/NNN``."""
-    return run_dir / "rounds" / f"{round_index:03d}"
 
 
 def build_model(config: RunConfig, splits: Splits) -> TaskModel:
@@ -230,7 +225,7 @@ def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
     """Refuse to resume a run directory that was started with another config."""
-    path = run_dir / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.exists():
         return
     old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -279,7 +274,7 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
         splits.train,
         cfg.task,
         val=splits.val,
-        checkpoint_dir=out / "checkpoints",
+        checkpoint_dir=RoundLayout(out).checkpoints,
         seed=cfg.seed,
     )
     test_metrics = evaluate(model, splits.test)
@@ -348,7 +343,7 @@ def _stop_record(reason: str, finished: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _round_metrics(run_dir: Path, round_index: int) -> dict[str, Any] | None:
     """A finished round's metrics, None if it has not finished."""
-    path = round_dir(run_dir, round_index) / "metrics.json"
+    path = RunLayout(run_dir).round(round_index).metrics
     if not path.exists():
         return None
     metrics: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -359,13 +354,14 @@ def _round_context(
     prepared: Prepared, generator: Generator, run_dir: Path, round_index: int, judge: TaskModel
 ) -> RoundContext:
     cfg = prepared.config
+    layout = RunLayout(run_dir)
     return RoundContext(
         config=cfg,
         splits=prepared.splits,
         generator=generator,
         round_index=round_index,
-        out=round_dir(run_dir, round_index),
-        previous=round_dir(run_dir, round_index - 1),
+        out=layout.round_dir(round_index),
+        previous=layout.round_dir(round_index - 1),
         judge=judge,
         new_model=lambda: build_model(cfg, prepared.splits),
     )
@@ -377,14 +373,15 @@ def _control_arm(prepared: Prepared, run_dir: Path, round_index: int) -> None:
     ``rounds/NNN/control.parquet`` (:mod:`utilgen.loop.control`); skipped when written."""
     from utilgen.loop.control import control_scores, write_control
 
-    out = round_dir(run_dir, round_index)
-    if (out / CONTROL_FILE).exists():
+    layout = RunLayout(run_dir)
+    out = layout.round_dir(round_index)
+    if layout.round(round_index).control.exists():
         return
     cfg = prepared.config
     if prepared.base_generator is None:
         raise UtilgenError("internal: feedback.control needs Prepared.base_generator")
     judge, judge_checkpoints = stage1_judge(
-        build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
+        build_model(cfg, prepared.splits), layout.round(STAGE1_ROUND).checkpoints
     )
     base = prepared.base_generator()
     # The round's own requests: its optimised or hard-sample requests are read back from
@@ -406,10 +403,11 @@ def _generation_round(
     round_index: int,
     started: float,
 ) -> dict[str, Any]:
-    out = round_dir(run_dir, round_index)
+    layout = RunLayout(run_dir)
+    out = layout.round_dir(round_index)
     cfg = prepared.config
     judge, judge_checkpoints = stage1_judge(
-        build_model(cfg, prepared.splits), round_dir(run_dir, STAGE1_ROUND) / "checkpoints"
+        build_model(cfg, prepared.splits), layout.round(STAGE1_ROUND).checkpoints
     )
     requests: Sequence[GenerationRequest] = ()
     optimisation = 0
@@ -430,7 +428,7 @@ def _generation_round(
     )
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     fault_point("round.trained")
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(layout.round(round_index).metrics, metrics)
     return metrics
 
 
@@ -503,6 +501,7 @@ def run(
     7. summary.json, report.md and (``report``) report.html
     """
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     # 1. check inputs: first what needs no model (the run directory's config, the data, the
     # requests, the budget), then load the models
     _check_same_config(run_dir, config)
@@ -511,15 +510,15 @@ def run(
 
     # 2. lock the run directory and write the resolved config
     with PoolStore.open(run_dir, writable=True) as store:
-        save_config(config, run_dir / "config.yaml")
+        save_config(config, layout.config)
 
         # 3. stage 1: real samples into the pool
         _stage1_pool(store, prepared.splits)
         fault_point("stage1.pool")
 
         # 4. stage 1: train on real data, evaluate
-        out = round_dir(run_dir, STAGE1_ROUND)
-        metrics_path = out / "metrics.json"
+        out = layout.round_dir(STAGE1_ROUND)
+        metrics_path = layout.round(STAGE1_ROUND).metrics
         if metrics_path.exists():
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         else:
@@ -543,7 +542,7 @@ def run(
         if len(finished) >= 3:
             summary["feedback_effect"] = write_feedback_effect(run_dir, config)
         fault_point("summary.before")
-        write_json_atomic(run_dir / "summary.json", summary)
+        write_json_atomic(layout.summary, summary)
         write_run_report(run_dir)
         fault_point("report.before")
         if report:

@@ -29,12 +29,13 @@ from utilgen.config import RunConfig
 from utilgen.data import LabelledData, Splits
 from utilgen.errors import ConfigError
 from utilgen.pool import PoolStore
+from utilgen.pool.layout import TRAINING_SET_FILE, RoundLayout
 from utilgen.pool.schema import utility_column
 from utilgen.value.record import WEIGHT_COLUMN
 
 log = logging.getLogger(__name__)
 
-TRAINING_SET = "training_set.parquet"
+TRAINING_SET = TRAINING_SET_FILE  # kept for its importers
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def build_training_set(
     table = chosen[["id", "round", "label", "weight"]].reset_index(drop=True)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    write_bytes_atomic(out / TRAINING_SET, buffer.getvalue())
+    write_bytes_atomic(RoundLayout(out).training_set, buffer.getvalue())
     if chosen.empty:
         log.warning("round %d: no synthetic sample to train on; real data only", round_index)
         return TrainingSet(splits.train, None, 0, over)
@@ -137,4 +138,4 @@ def build_training_set(
 def read_training_set(round_dir: Path) -> pd.DataFrame:
     """``rounds/NNN/training_set.parquet``: id, round, label, weight of each synthetic sample
     the round trained on."""
-    return pd.read_parquet(round_dir / TRAINING_SET)
+    return pd.read_parquet(RoundLayout(round_dir).training_set)

@@ -2,7 +2,8 @@
 
 ``PoolStore`` stores ``Sample``s with their provenance; ``RunLock`` keeps one writer per run
 directory; ``verify_pool`` re-hashes every blob; ``export_pool`` writes an ImageFolder,
-JSONL or a ``datasets``-loadable Parquet file.
+JSONL or a ``datasets``-loadable Parquet file. ``RunLayout`` names every path of the run
+directory, the pool's and the other stages' alike.
 """
 
 from utilgen.pool.convert import (
@@ -11,6 +12,7 @@ from utilgen.pool.convert import (
     samples_from_labelled,
 )
 from utilgen.pool.export import FORMATS, export_pool, safe_file_stem, safe_folder_name
+from utilgen.pool.layout import RoundLayout, RunLayout
 from utilgen.pool.lock import RunLock
 from utilgen.pool.payload import (
     decode_image,
@@ -30,6 +32,8 @@ __all__ = [
     "FORMATS",
     "MANIFEST_SCHEMA",
     "PoolStore",
+    "RoundLayout",
+    "RunLayout",
     "RunLock",
     "Sample",
     "Source",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from utilgen.atomic import write_bytes_atomic
 from utilgen.errors import PoolError
-from utilgen.pool.layout import blob_path, blobs_dir
+from utilgen.pool.layout import RunLayout
 from utilgen.pool.sample import content_hash
 
 BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
@@ -32,7 +32,7 @@ def _checked_path(run_dir: Path, blob: str) -> Path:
             f"invalid blob name {blob!r} in the pool of {run_dir}; "
             f"run `utilgen pool verify {run_dir}`"
         )
-    return blob_path(run_dir, blob)
+    return RunLayout(run_dir).blob(blob)
 
 
 def has_valid_blob(run_dir: Path, blob: str) -> bool:
@@ -54,7 +54,7 @@ def write_blobs(run_dir: Path, payloads: Iterable[bytes]) -> list[str]:
     for payload in payloads:
         blob = content_hash(payload)
         if not has_valid_blob(run_dir, blob):
-            write_bytes_atomic(blob_path(run_dir, blob), payload, durable=False)
+            write_bytes_atomic(RunLayout(run_dir).blob(blob), payload, durable=False)
             wrote = True
         names.append(blob)
     if wrote:
@@ -83,7 +83,7 @@ def read_blob(run_dir: Path, blob: str) -> bytes:
 def iter_blob_files(run_dir: Path) -> Iterator[Path]:
     """Every file under ``RUN/pool/blobs`` named like a blob and lying in its own shard
     (where ``read_blob`` looks for it), in sorted order."""
-    root = blobs_dir(run_dir)
+    root = RunLayout(run_dir).blobs_dir
     if not root.is_dir():
         return
     for shard in sorted(root.iterdir()):

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from utilgen.atomic import write_bytes_atomic, write_text_atomic
 from utilgen.errors import PoolError
-from utilgen.pool.layout import pool_dir
+from utilgen.pool.layout import RunLayout
 from utilgen.pool.schema import table_to_frame
 from utilgen.pool.store import PoolStore, filter_manifest
 
@@ -203,7 +203,9 @@ def _export_parquet(
 def _check_outside_run(run_dir: Path, dest: Path) -> None:
     """Refuse a destination that would overwrite the run's own files or its pool."""
     target, run = dest.resolve(), run_dir.resolve()
-    if target.is_relative_to(pool_dir(run)) or (target.is_relative_to(run) and target.is_file()):
+    if target.is_relative_to(RunLayout(run).pool_dir) or (
+        target.is_relative_to(run) and target.is_file()
+    ):
         raise PoolError(
             f"--out {dest} would overwrite files of the run directory {run_dir}; "
             "export to a path outside it"

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from utilgen.errors import RunLockedError
-from utilgen.pool.layout import lock_path
+from utilgen.pool.layout import RunLayout
 
 
 def _read_holder(fd: int) -> int | None:
@@ -40,7 +40,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run_dir = Path(run_dir)
-        self.path = lock_path(self.run_dir)
+        self.path = RunLayout(self.run_dir).lock
         self._fd: int | None = None
 
     @property

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from utilgen.atomic import write_bytes_atomic
 from utilgen.errors import PoolError
-from utilgen.pool.layout import manifest_path, segments_dir
+from utilgen.pool.layout import RunLayout
 from utilgen.pool.schema import conform, table_to_bytes
 
 GENERATION_KEY = b"utilgen.manifest.generation"
@@ -64,12 +64,12 @@ class Segment:
 def segment_path(run_dir: Path, generation: int, start: int, stop: int) -> Path:
     """``RUN/pool/manifest.d/<generation>-<start>-<stop>.parquet`` (zero-padded: listings
     sort in row order)."""
-    return segments_dir(run_dir) / f"{generation:08d}-{start:012d}-{stop:012d}.parquet"
+    return RunLayout(run_dir).segments_dir / f"{generation:08d}-{start:012d}-{stop:012d}.parquet"
 
 
 def list_segments(run_dir: Path) -> list[Segment]:
     """Every segment file of ``run_dir`` (any generation), by generation then rows."""
-    directory = segments_dir(run_dir)
+    directory = RunLayout(run_dir).segments_dir
     if not directory.is_dir():
         return []
     found = []
@@ -139,7 +139,7 @@ def load_manifest(run_dir: Path) -> LoadedManifest:
     Each file is read into memory before it is parsed, so that a writer replacing it
     meanwhile cannot change what is being parsed.
     """
-    source = manifest_path(run_dir)
+    source = RunLayout(run_dir).manifest
     for _ in range(_READ_ATTEMPTS):
         inode = source.stat().st_ino
         base = _parse(source.read_bytes(), source, run_dir)
@@ -190,7 +190,7 @@ def remove_segments(run_dir: Path, up_to: int, keep: Sequence[Segment] = ()) -> 
     for segment in list_segments(run_dir):
         if segment.generation <= up_to and segment.path not in wanted:
             segment.path.unlink(missing_ok=True)
-    directory = segments_dir(run_dir)
+    directory = RunLayout(run_dir).segments_dir
     if directory.is_dir() and not any(directory.iterdir()):
         directory.rmdir()
 
@@ -201,7 +201,7 @@ def write_base(run_dir: Path, table: pa.Table, generation: int) -> None:
     metadata = dict(table.schema.metadata or {})
     metadata[GENERATION_KEY] = str(generation).encode()
     data = table_to_bytes(table.replace_schema_metadata(metadata))
-    write_bytes_atomic(manifest_path(run_dir), data)
+    write_bytes_atomic(RunLayout(run_dir).manifest, data)
     remove_segments(run_dir, up_to=generation)
 
 
@@ -269,4 +269,3 @@ __all__ = [
     "segment_path",
     "write_base",
 ]
-

@@ -47,16 +47,16 @@ from utilgen.atomic import write_json_atomic
 from utilgen.data import Splits
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import write_blobs
-from utilgen.pool.layout import blob_path, manifest_path, segments_dir
+from utilgen.pool.layout import REPAIR_RECORD as REPAIR_RECORD  # kept for its importers
+from utilgen.pool.layout import RoundLayout, RunLayout
 from utilgen.pool.lock import RunLock
 from utilgen.pool.manifest_log import load_manifest, write_base
 from utilgen.pool.payload import encode_item
 from utilgen.pool.sample import content_hash
-from utilgen.pool.verify import VerifyReport, round_dirs, round_of, run_started, verify_pool
+from utilgen.pool.verify import VerifyReport, round_of, run_started, verify_pool
 
 log = logging.getLogger(__name__)
 
-REPAIR_RECORD = "repair.json"
 SET_ASIDE_SUFFIX = ".damaged"
 STAGE1_ROUND = 0
 
@@ -173,20 +173,21 @@ def repair_run(report: VerifyReport, splits: Splits | None) -> Repair:
     """Repair the damage in ``report`` (see the module docstring); the caller holds the run
     lock. Returns what was done, also appended to ``RUN/repair.json``."""
     run_dir = report.run_dir
+    layout = RunLayout(run_dir)
     # 1. blob files whose bytes are no sample's payload
     for name in report.corrupt_blobs:
-        blob_path(run_dir, name).unlink(missing_ok=True)
+        layout.blob(name).unlink(missing_ok=True)
 
     # 2. the manifest: restore and drop rows, or set an unreadable one aside
-    finished = {i for i, d in round_dirs(run_dir) if (d / "metrics.json").exists()}
+    finished = {i for i, d in layout.round_dirs() if RoundLayout(d).metrics.exists()}
     rerun: set[int] = set()
     if report.manifest_readable:
         done, synthetic_rounds = _repair_rows(run_dir, report, splits)
     else:
         # the base first: a repair killed in between still finds no manifest, and sets
         # the segments aside next time
-        done = Repair(manifest_set_aside=_set_aside(manifest_path(run_dir)))
-        _set_aside(segments_dir(run_dir))
+        done = Repair(manifest_set_aside=_set_aside(layout.manifest))
+        _set_aside(layout.segments_dir)
         synthetic_rounds = {}
         rerun = finished - {STAGE1_ROUND}
 
@@ -199,10 +200,10 @@ def repair_run(report: VerifyReport, splits: Splits | None) -> Repair:
     rerun.update(round_of(relative) for relative in report.unreadable_metrics)
     if rerun:
         # first: a summary must never outlive a round it summarises
-        (run_dir / "summary.json").unlink(missing_ok=True)
-    folders = dict(round_dirs(run_dir))
+        layout.summary.unlink(missing_ok=True)
+    folders = dict(layout.round_dirs())
     for index in rerun:
-        (folders[index] / "metrics.json").unlink(missing_ok=True)
+        RoundLayout(folders[index]).metrics.unlink(missing_ok=True)
 
     kept_finished = finished - rerun
     done = replace(
@@ -290,7 +291,7 @@ def _set_aside(path: Path) -> str | None:
 
 def _record(run_dir: Path, done: Repair) -> None:
     """Append ``done`` to ``RUN/repair.json`` (a list, oldest first)."""
-    path = run_dir / REPAIR_RECORD
+    path = RunLayout(run_dir).repair_record
     history: list[dict[str, Any]] = []
     if path.is_file():
         try:

@@ -32,7 +32,7 @@ from utilgen.data.labelled import LabelledData, Modality
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import read_blob, write_blobs
 from utilgen.pool.convert import class_names_from_manifest, labelled_from_manifest
-from utilgen.pool.layout import manifest_path, pool_dir, segments_dir
+from utilgen.pool.layout import RunLayout
 from utilgen.pool.lock import RunLock
 from utilgen.pool.manifest_log import (
     LoadedManifest,
@@ -113,14 +113,15 @@ class PoolStore:
 
     def __init__(self, run_dir: str | os.PathLike[str], *, lock: RunLock | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         self._lock = lock
         self._table: pa.Table | None = None
         self._log: ManifestLog | None = None
         self._ids: dict[str, Identity] = {}
         if lock is None:
-            if not manifest_path(self.run_dir).is_file():
+            if not self.layout.manifest.is_file():
                 raise PoolError(
-                    f"{manifest_path(self.run_dir)} not found: {self.run_dir} is not a run "
+                    f"{self.layout.manifest} not found: {self.run_dir} is not a run "
                     "directory or has no samples yet; pass the --out directory of `utilgen run`"
                 )
             return
@@ -128,20 +129,20 @@ class PoolStore:
             raise ValueError("a writable PoolStore needs the held RunLock of its run directory")
         # Only a lock holder may delete temp files: a reader doing so could delete the
         # manifest a live writer is about to rename into place.
-        removed = remove_stale_temp_files(pool_dir(self.run_dir))
+        removed = remove_stale_temp_files(self.layout.pool_dir)
         if removed:
             log.info(
                 "removed %d temp file(s) left in %s by an interrupted writer",
                 removed,
-                pool_dir(self.run_dir),
+                self.layout.pool_dir,
             )
-        fresh = not manifest_path(self.run_dir).is_file()
+        fresh = not self.layout.manifest.is_file()
         if not fresh:
             loaded = load_manifest(self.run_dir)
         elif list_segments(self.run_dir):
             # rows without their base: starting a new pool here would delete them
             raise PoolError(
-                f"{manifest_path(self.run_dir)} is missing but {segments_dir(self.run_dir)} "
+                f"{self.layout.manifest} is missing but {self.layout.segments_dir} "
                 f"holds appended rows; run `utilgen pool verify {self.run_dir}`, then "
                 "`utilgen run ... --repair`, which sets both aside"
             )

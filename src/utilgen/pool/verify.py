@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,13 @@ from safetensors import SafetensorError, safe_open
 from utilgen.digest import safetensors_digest
 from utilgen.errors import PoolError
 from utilgen.pool.blobs import is_blob_name, iter_blob_files
-from utilgen.pool.layout import blobs_dir, manifest_path, pool_dir
+from utilgen.pool.layout import RoundLayout, RunLayout
 from utilgen.pool.manifest_log import read_manifest
 from utilgen.pool.payload import PNG_SIGNATURE
 from utilgen.pool.sample import content_hash
 
 _LISTED = 5  # ids named per problem in describe(); the report itself holds all of them
 
-ROUNDS_DIR = "rounds"
-_ROUND_NAME = re.compile(r"^\d{3}$")
 # Every PNG ends with an empty IEND chunk: 4 length bytes, the type, 4 CRC bytes.
 _IEND = b"IEND"
 
@@ -57,21 +54,11 @@ def looks_truncated(data: bytes) -> bool:
     return data.startswith(PNG_SIGNATURE) and data[-8:-4] != _IEND
 
 
-def round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(round index, RUN/rounds/NNN)`` for every round folder, in round order."""
-    root = run_dir / ROUNDS_DIR
-    if not root.is_dir():
-        return []
-    found = [(int(p.name), p) for p in root.iterdir() if p.is_dir() and _ROUND_NAME.match(p.name)]
-    return sorted(found)
-
-
 def run_started(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds anything a run wrote (a pool or a round), i.e. whether
     there is something to verify before resuming it."""
-    return (
-        manifest_path(run_dir).exists() or blobs_dir(run_dir).exists() or bool(round_dirs(run_dir))
-    )
+    layout = RunLayout(run_dir)
+    return layout.manifest.exists() or layout.blobs_dir.exists() or bool(layout.round_dirs())
 
 
 # The digest ``utilgen.task.checkpoint`` writes into a checkpoint's JSON sidecar (same name,
@@ -107,8 +94,9 @@ def _check_rounds(run_dir: Path) -> tuple[list[str], list[str], list[str]]:
     missing: list[str] = []
     corrupt: list[str] = []
     unreadable: list[str] = []
-    for _, directory in round_dirs(run_dir):
-        metrics = directory / "metrics.json"
+    for _, directory in RunLayout(run_dir).round_dirs():
+        files = RoundLayout(directory)
+        metrics = files.metrics
         if not metrics.exists():
             continue
         try:
@@ -117,7 +105,7 @@ def _check_rounds(run_dir: Path) -> tuple[list[str], list[str], list[str]]:
             unreadable.append(metrics.relative_to(run_dir).as_posix())
             continue
         for epoch in range(1, epochs + 1):
-            path = directory / "checkpoints" / checkpoint_name(epoch)
+            path = files.checkpoints / checkpoint_name(epoch)
             relative = path.relative_to(run_dir).as_posix()
             if not path.is_file():
                 missing.append(relative)
@@ -253,6 +241,7 @@ def verify_pool(run_dir: str | os.PathLike[str]) -> VerifyReport:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PoolError(f"run directory {run_dir} does not exist; pass an existing run directory")
+    layout = RunLayout(run_dir)
 
     # 1. re-hash every blob file on disk; a failing one is truncated or changed
     valid: dict[str, bool] = {}
@@ -263,15 +252,16 @@ def verify_pool(run_dir: str | os.PathLike[str]) -> VerifyReport:
         if not valid[path.name] and looks_truncated(data):
             cut.add(path.name)
     corrupt_blobs = tuple(sorted(name for name, good in valid.items() if not good))
-    stale = sum(1 for _ in pool_dir(run_dir).rglob(".*.tmp")) if pool_dir(run_dir).is_dir() else 0
+    pool = layout.pool_dir
+    stale = sum(1 for _ in pool.rglob(".*.tmp")) if pool.is_dir() else 0
 
     # 2. open every checkpoint a finished round names
     missing_ckpt, corrupt_ckpt, unreadable_metrics = _check_rounds(run_dir)
 
     # 3. read the manifest, tolerating any damage
     error: str | None = None
-    if not manifest_path(run_dir).is_file():
-        error = f"{manifest_path(run_dir)} does not exist"
+    if not layout.manifest.is_file():
+        error = f"{layout.manifest} does not exist"
     else:
         try:
             table = read_manifest(run_dir)

@@ -42,8 +42,11 @@ class RunSummary:
 
 def load_summary(run_dir: str | Path) -> RunSummary:
     """Read ``RUN/summary.json``; a one-line error if the run has not finished."""
+    # here, not at the top: the CLI imports this module, and the pool package loads pyarrow
+    from utilgen.pool.layout import RunLayout
+
     run_dir = Path(run_dir)
-    path = run_dir / "summary.json"
+    path = RunLayout(run_dir).summary
     if not run_dir.is_dir():
         raise UtilgenError(f"run directory {run_dir} not found; pass the --out of a finished run")
     if not path.is_file():
@@ -126,6 +129,8 @@ def _fidelity_markdown(summary: dict[str, Any]) -> str:
 
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``RUN/report.md`` from the run's summary; returns its path."""
+    from utilgen.pool.layout import RunLayout
+
     run = load_summary(run_dir)
     s = run.summary
     text = (
@@ -136,4 +141,4 @@ def write_run_report(run_dir: str | Path) -> Path:
         + _per_class_markdown(s)
         + _fidelity_markdown(s)
     )
-    return write_text_atomic(Path(run_dir) / "report.md", text)
+    return write_text_atomic(RunLayout(run_dir).report_md, text)

@@ -26,7 +26,6 @@ Point = Mapping[str, Any]
 # the same order compare equal, so this only absorbs float noise in the last bits.
 TOLERANCE = 1e-12
 STATIC = "static"
-EFFICIENCY_FILE = "efficiency.json"  # in the run directory
 DEFAULT_FRACTIONS = (0.0, 0.125, 0.25, 0.5, 1.0)
 
 

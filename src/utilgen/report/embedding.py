@@ -43,7 +43,7 @@ class Embedded:
 def last_checkpoint(run: ReportRun) -> Path:
     """The last checkpoint of the run's last round that kept checkpoints."""
     for round_index in sorted(run.round_metrics, reverse=True):
-        found = list_checkpoints(run.round_dir(round_index) / "checkpoints")
+        found = list_checkpoints(run.layout.round(round_index).checkpoints)
         if found:
             return found[-1]
     raise MissingData("the run kept no task-model checkpoint")

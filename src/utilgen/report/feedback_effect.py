@@ -35,22 +35,20 @@ from scipy.stats import mannwhitneyu, wilcoxon
 
 from utilgen.atomic import write_bytes_atomic, write_json_atomic
 from utilgen.config import RunConfig
+from utilgen.pool.layout import CONTROL_FILE as CONTROL_FILE  # kept for its importers
+from utilgen.pool.layout import RoundLayout, RunLayout
 
-EFFECT_JSON = "feedback_effect.json"
-EFFECT_PLOT = "feedback_effect.png"
-CONTROL_FILE = "control.parquet"
-CONTROL_PLOT = "feedback_control.png"
 ABSOLUTE_SCORES = ("marginal", "margin", "entropy", "loss", "similarity")
 LOWER_IS_BETTER = ("entropy", "loss")
 
 
-def _round_dirs(run_dir: Path, rounds: int) -> list[tuple[int, Path]]:
-    return [(r, run_dir / "rounds" / f"{r:03d}") for r in range(1, rounds + 1)]
+def _rounds(run_dir: Path, rounds: int) -> list[tuple[int, RoundLayout]]:
+    layout = RunLayout(run_dir)
+    return [(r, layout.round(r)) for r in range(1, rounds + 1)]
 
 
-def _scores(path: Path) -> pd.DataFrame | None:
-    file = path / "scores.parquet"
-    return pd.read_parquet(file) if file.exists() else None
+def _scores(files: RoundLayout) -> pd.DataFrame | None:
+    return pd.read_parquet(files.scores) if files.scores.exists() else None
 
 
 def mann_whitney_greater(after: np.ndarray, before: np.ndarray) -> tuple[float, float]:
@@ -73,7 +71,7 @@ def wilcoxon_greater(differences: np.ndarray) -> tuple[float, float]:
 
 def round_scores(run_dir: Path, rounds: int) -> dict[int, pd.DataFrame]:
     """Round -> its ``scores.parquet`` (rounds that scored nothing are left out)."""
-    return {r: f for r, p in _round_dirs(run_dir, rounds) if (f := _scores(p)) is not None}
+    return {r: f for r, p in _rounds(run_dir, rounds) if (f := _scores(p)) is not None}
 
 
 def feedback_effect(
@@ -85,8 +83,8 @@ def feedback_effect(
     if frames is None:
         frames = round_scores(run_dir, config.loop.rounds)
     per_round: list[dict[str, Any]] = []
-    for r, path in _round_dirs(run_dir, config.loop.rounds):
-        metrics_file = path / "metrics.json"
+    for r, files in _rounds(run_dir, config.loop.rounds):
+        metrics_file = files.metrics
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         entry: dict[str, Any] = {
             "round": r,
@@ -144,9 +142,9 @@ def feedback_effect(
 def read_control(run_dir: Path, rounds: int) -> tuple[int, pd.DataFrame] | None:
     """(round, its ``control.parquet``) for the last round that has one (the loop may stop
     before loop.rounds); None without a control."""
-    for r, path in reversed(_round_dirs(run_dir, rounds)):
-        if (path / CONTROL_FILE).exists():
-            return r, pd.read_parquet(path / CONTROL_FILE)
+    for r, files in reversed(_rounds(run_dir, rounds)):
+        if files.control.exists():
+            return r, pd.read_parquet(files.control)
     return None
 
 
@@ -174,7 +172,7 @@ def control_effect(
         return None
     r, control = found
     joined = paired_differences(frames, r, control)
-    metrics_file = run_dir / "rounds" / f"{r:03d}" / "metrics.json"
+    metrics_file = RunLayout(run_dir).round(r).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     tests: dict[str, dict[str, Any]] = {}
     for name in [c for c in control.columns if c in ABSOLUTE_SCORES]:
@@ -272,9 +270,10 @@ def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, A
     """Write ``feedback_effect.json``, ``feedback_effect.png`` and, for a run with a
     control, ``feedback_control.png``; returns the JSON's content."""
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     frames = round_scores(run_dir, config.loop.rounds)
     effect = feedback_effect(run_dir, config, frames)
-    plot = plot_feedback_effect(frames, run_dir / EFFECT_PLOT)
+    plot = plot_feedback_effect(frames, layout.feedback_effect_plot)
     effect["plot"] = plot.name if plot is not None else None
     control = effect["control"]
     found = read_control(run_dir, config.loop.rounds)
@@ -283,8 +282,8 @@ def write_feedback_effect(run_dir: str | Path, config: RunConfig) -> dict[str, A
         control_plot = (
             None
             if joined is None
-            else plot_control(joined, control["tests"], run_dir / CONTROL_PLOT)
+            else plot_control(joined, control["tests"], layout.feedback_control_plot)
         )
         control["plot"] = control_plot.name if control_plot is not None else None
-    write_json_atomic(run_dir / EFFECT_JSON, effect)
+    write_json_atomic(layout.feedback_effect, effect)
     return effect

@@ -17,6 +17,7 @@ from typing import Any
 
 from utilgen.atomic import write_text_atomic
 from utilgen.errors import UtilgenError
+from utilgen.pool.layout import REPORT_HTML, REPORT_MD, RunLayout
 from utilgen.report.compare import compare_summaries
 from utilgen.report.document import Section, Text, render_html, render_markdown
 from utilgen.report.runs import ReportRun, check_unique, comparison_problem, read_run
@@ -35,8 +36,6 @@ from utilgen.report.sections import (
 log = logging.getLogger(__name__)
 
 TITLE = "utilgen report"
-HTML_FILE = "report.html"
-MARKDOWN_FILE = "report.md"
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -99,8 +98,9 @@ def write_report(
         )
     sections = report_sections(runs, comparison)
     intro = [_intro(runs)]
-    html_path = write_text_atomic(out_dir / HTML_FILE, render_html(TITLE, intro, sections))
-    md_path = write_text_atomic(out_dir / MARKDOWN_FILE, render_markdown(TITLE, intro, sections))
+    # the same names as a run's own report.html and report.md, in a directory of its own
+    html_path = write_text_atomic(out_dir / REPORT_HTML, render_html(TITLE, intro, sections))
+    md_path = write_text_atomic(out_dir / REPORT_MD, render_markdown(TITLE, intro, sections))
     log.info("report written to %s and %s", html_path, md_path)
     return html_path, md_path
 
@@ -123,6 +123,6 @@ def build_run_html(run_dir: str | Path) -> Path:
     runs = [read_run(run_dir)]
     sections = report_sections(runs, comparison_of(runs))
     page = render_html(TITLE, [_intro(runs)], sections)
-    path = write_text_atomic(Path(run_dir) / HTML_FILE, page)
+    path = write_text_atomic(RunLayout(run_dir).report_html, page)
     log.info("run report written to %s", path)
     return path

@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from utilgen.errors import UtilgenError
+from utilgen.pool.layout import RoundLayout, RunLayout
 from utilgen.report import load_summary
 
 log = logging.getLogger(__name__)
 
 COMPARISON_FILE = "comparison.json"
-SUMMARY_FILE = "summary.json"
 BASELINE_STRATEGIES = ("real-only", "static", "real-only-full")
 """Strategies that use no utility: the rest are utility-guided."""
 MAX_SEARCH_DEPTH = 3  # DIR/<dataset>/<strategy>/seed-<n>/ is the deepest layout written
@@ -66,9 +66,10 @@ class ReportRun:
     def feedback_components(self) -> list[str]:
         return list((self.config.get("feedback") or {}).get("components") or [])
 
-    def round_dir(self, round_index: int) -> Path:
-        """``RUN/rounds/NNN``."""
-        return self.run_dir / "rounds" / f"{round_index:03d}"
+    @property
+    def layout(self) -> RunLayout:
+        """The run directory's paths."""
+        return RunLayout(self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _round_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
-    for path in sorted((run_dir / "rounds").glob("[0-9][0-9][0-9]/metrics.json")):
-        out[int(path.parent.name)] = _read_json(path)
+    for index, directory in RunLayout(run_dir).round_dirs():
+        path = RoundLayout(directory).metrics
+        if path.is_file():
+            out[index] = _read_json(path)
     return out
 
 
@@ -103,7 +106,7 @@ def read_run(run_dir: str | Path) -> ReportRun:
     """A finished run directory, read; a one-line error if it is not one."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir).summary
-    config_path = run_dir / "config.yaml"
+    config_path = RunLayout(run_dir).config
     config: dict[str, Any] = {}
     if config_path.is_file():
         loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -117,7 +120,7 @@ def find_run_dirs(root: Path, depth: int = MAX_SEARCH_DEPTH) -> Iterator[Path]:
     if depth < 1:
         return
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (child / SUMMARY_FILE).is_file():
+        if RunLayout(child).summary.is_file():
             yield child
         else:
             yield from find_run_dirs(child, depth - 1)
@@ -174,7 +177,7 @@ def expand_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
                 f"{path} not found; pass a run directory (with summary.json) or a "
                 "directory written by `utilgen compare` or `utilgen demo`"
             )
-        if (path / SUMMARY_FILE).is_file():
+        if RunLayout(path).summary.is_file():
             found = [path]
         else:
             found = list(find_run_dirs(path))

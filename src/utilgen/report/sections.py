@@ -28,7 +28,7 @@ from utilgen.report.document import (
     Table,
     Text,
 )
-from utilgen.report.efficiency import EFFICIENCY_FILE, compare_to_static, ratio_text
+from utilgen.report.efficiency import compare_to_static, ratio_text
 from utilgen.report.feedback_effect import control_effect, mann_whitney_greater, round_scores
 from utilgen.report.figures import (
     accuracy_vs_samples_figure,
@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 
 METRIC_TITLES = {"accuracy": "top-1", "worst_class_ratio": "worst-class ratio"}
 # Written by the DPO trainers (utilgen.feedback.lm_dpo and .diffusion_dpo) under the
-# round's feedback directory, one JSON record per logged optimiser step.
-DPO_DIR = ("adapters", "dpo")
+# round's feedback directory (RUN/rounds/NNN/adapters/dpo), one JSON record per logged
+# optimiser step.
 DPO_LOG = "log.jsonl"
 DPO_RESULT = "result.json"
 MARGIN_SCORE = "margin"
@@ -259,7 +259,7 @@ def round_points(runs: Sequence[ReportRun]) -> pd.DataFrame:
 
 def read_efficiency(run: ReportRun) -> dict[str, Any] | None:
     """``RUN/efficiency.json`` (None when the run has none)."""
-    path = run.run_dir / EFFICIENCY_FILE
+    path = run.layout.efficiency
     if not path.is_file():
         return None
     curve: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -471,7 +471,7 @@ def dpo_logs(run: ReportRun) -> dict[int, pd.DataFrame]:
     """Round -> the DPO log that round's feedback wrote (rounds without one left out)."""
     out = {}
     for r in sorted(run.round_metrics):
-        path = run.round_dir(r).joinpath(*DPO_DIR, DPO_LOG)
+        path = run.layout.round(r).dpo_adapter / DPO_LOG
         if path.is_file() and path.stat().st_size:
             out[r] = pd.read_json(path, lines=True)
     return out
@@ -546,7 +546,7 @@ def samples_section(runs: Sequence[ReportRun]) -> Section:
 def dpo_seconds(run: ReportRun, round_index: int) -> str:
     """The round's DPO training time from its ``result.json`` ('' without feedback,
     'not recorded' when the trainer did not record it)."""
-    path = run.round_dir(round_index).joinpath(*DPO_DIR, DPO_RESULT)
+    path = run.layout.round(round_index).dpo_adapter / DPO_RESULT
     if not path.is_file():
         return ""
     seconds = json.loads(path.read_text(encoding="utf-8")).get("seconds")

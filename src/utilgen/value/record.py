@@ -24,18 +24,18 @@ import pyarrow.parquet as pq
 
 from utilgen.atomic import write_bytes_atomic
 from utilgen.data.labelled import LabelledData
+from utilgen.pool.layout import RunLayout
 from utilgen.pool.schema import EXTRA_COLUMN_PATTERN, utility_column
 from utilgen.pool.store import PoolStore, filter_manifest
 from utilgen.value.base import ValuationError
 from utilgen.value.selectors import Selection
 
-SCORES_FILE = "scores.parquet"
 WEIGHT_COLUMN = "weight"
 
 
 def scores_path(run_dir: str | Path, round_index: int) -> Path:
     """``RUN/rounds/NNN/scores.parquet``."""
-    return Path(run_dir) / "rounds" / f"{round_index:03d}" / SCORES_FILE
+    return RunLayout(run_dir).round(round_index).scores
 
 
 def _check_writable(store: PoolStore) -> None:
