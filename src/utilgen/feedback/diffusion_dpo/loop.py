@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,16 +133,6 @@ def _targets(
     )
 
 
-def _pair_batches(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless batches of pair indices: shuffled epochs, wrapping into the next epoch."""
-    queue = torch.empty(0, dtype=torch.long)
-    while True:
-        while len(queue) < size:
-            queue = torch.cat([queue, torch.randperm(n, generator=generator)])
-        yield queue[:size]
-        queue = queue[size:]
-
-
 def _mean_metrics(records: list[dict[str, float]], accelerator: Any) -> dict[str, float]:
     """Means over an optimiser step's batches and, under DDP, over the processes (a
     collective: every process calls it at the same steps)."""
@@ -222,13 +212,15 @@ def _optimise(
     """``cfg.steps`` AdamW steps, each over ``cfg.gradient_accumulation_steps`` batches of
     ``cfg.batch_size`` pairs (shared among the processes), forward passes autocast to
     :func:`compute_dtype`; every ``cfg.log_every`` steps and the last one go to ``logger``."""
+    from utilgen.generate.builtin.training import batch_indices
+
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     dtype = compute_dtype(cfg, denoiser.weights_dtype)
     generator = torch.Generator().manual_seed(seed)
     # Every process draws the same global batch and keeps its share: one stream of
     # batches whatever the number of processes.
-    batches = _pair_batches(len(weights), cfg.batch_size * world, generator)
+    batches = batch_indices(len(weights), cfg.batch_size * world, generator)
     optimiser = torch.optim.AdamW(denoiser.params, lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
     # fp16 activations can underflow the LoRA gradients: scale the loss (bf16 needs none).
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
