@@ -176,13 +176,10 @@ def check_run(config: RunConfig, run_dir: str | Path) -> Plan:
     return plan_run(config)
 
 
-def prepare(
-    config: RunConfig, *, with_generator: bool = True, plan: Plan | None = None
-) -> Prepared:
-    """:func:`plan_run` (unless ``plan`` is given), then build the task model and
-    (``with_generator``) the generator; raise before anything is written to the run
-    directory."""
-    plan = plan or plan_run(config, with_generator=with_generator)
+def prepare(config: RunConfig, *, with_generator: bool = True) -> Prepared:
+    """:func:`plan_run`, then build the task model and (``with_generator``) the generator;
+    raise before anything is written to the run directory."""
+    plan = plan_run(config, with_generator=with_generator)
     model = build_model(config, plan.splits)
     if config.loop.mode == "offline":
         return Prepared(config, plan.splits, model, imported=plan.imported)
