@@ -1,4 +1,5 @@
-"""No module imports another package's private (``_``) names (shared/DESIGN.md, "Imports").
+"""No module imports another package's private (``_``) names (docs/architecture.md,
+"Import direction").
 
 Every module under ``src/utilgen`` is parsed with ``ast``. A private name is a name, or a
 module on the dotted path to it, that starts with one underscore (dunders such as

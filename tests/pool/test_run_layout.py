@@ -1,4 +1,4 @@
-"""``RunLayout`` names every path of the run-directory contract (shared/DESIGN.md,
+"""``RunLayout`` names every path of the run-directory contract (docs/architecture.md,
 docs/architecture.md), and no other module builds those paths itself."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``generator.builtin``: the built-in offline class-conditional diffusion model.
 
-No pretrained diffusion weights can be downloaded here (shared/ASSETS.md), so utilgen trains
+No pretrained diffusion weights can be downloaded here (docs/assets.md), so utilgen trains
 its own small pixel-space diffusers ``UNet2DModel``: DDPM training on the broad split (the
 training images left out of the k-shot set), a short adaptation to the task's k real
 samples per class, DDIM sampling with classifier-free guidance through a null class. The

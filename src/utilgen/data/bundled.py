@@ -1,6 +1,6 @@
 """The bundled demo datasets: scikit-learn digits (images) and BBC News (texts).
 
-Both are installed with the project (see shared/ASSETS.md), so the demos run offline.
+Both are installed with the project (see docs/assets.md), so the demos run offline.
 """
 
 from __future__ import annotations

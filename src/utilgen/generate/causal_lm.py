@@ -2,7 +2,7 @@
 
 Any ``AutoModelForCausalLM`` checkpoint works: a hub id already in the local cache, a local
 directory, or a ``.gguf`` file (dequantised by transformers); the default is the bundled
-SmolLM2-135M-Instruct GGUF (shared/ASSETS.md). A peft LoRA adapter can be loaded on top; its
+SmolLM2-135M-Instruct GGUF (docs/assets.md). A peft LoRA adapter can be loaded on top; its
 hash goes into every sample's ``generator`` string.
 
 Prompts are wrapped in the tokenizer's chat template when it has one (the request's prompt

@@ -2,7 +2,7 @@
 
 A request names the class to condition on and every knob that shapes the output; a
 generator turns it into ``num_outputs`` samples whose provenance repeats the request
-(shared/DESIGN.md, "The loop"). Tensors (prompt embeddings, initial noise) and init images
+(docs/architecture.md, "The loop"). Tensors (prompt embeddings, initial noise) and init images
 cannot live in the manifest, so :func:`request_details` records their SHA-256 instead.
 """
 

@@ -1,6 +1,6 @@
 """The run engine: ``utilgen run CONFIG``.
 
-A run reads and writes one run directory (shared/DESIGN.md). Stage 1 (round 000) is the
+A run reads and writes one run directory (docs/architecture.md). Stage 1 (round 000) is the
 same for every method: put the real data in the pool, train the task model on the real
 training split with a checkpoint per epoch, evaluate. With a generator configured, every
 round r = 1..``loop.rounds`` generates ``per_class`` new samples per class (fresh seeds and

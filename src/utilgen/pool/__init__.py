@@ -1,4 +1,4 @@
-"""The run's sample pool: Parquet manifest + content-addressed blobs (shared/DESIGN.md).
+"""The run's sample pool: Parquet manifest + content-addressed blobs (docs/architecture.md).
 
 ``PoolStore`` stores ``Sample``s with their provenance; ``RunLock`` keeps one writer per run
 directory; ``verify_pool`` re-hashes every blob; ``export_pool`` writes an ImageFolder,

@@ -1,4 +1,4 @@
-"""The run directory's paths (shared/DESIGN.md, "The run directory"): :class:`RunLayout`
+"""The run directory's paths (docs/architecture.md, "The run directory"): :class:`RunLayout`
 names every one of them, so that no module builds them itself.
 
 ```

@@ -22,7 +22,7 @@ A writer merges the last two segments while the older is at most twice the newer
 counter: O(log N) segments, each row rewritten O(log N) times), and folds the segments into
 the base once they hold as many rows as it (each row rewritten O(1) times more). The base
 alone holds every row after a writer closes or sets a column, so between stages
-``manifest.parquet`` is the whole manifest that shared/DESIGN.md promises; while a writer
+``manifest.parquet`` is the whole manifest that docs/architecture.md promises; while a writer
 appends, read it through :func:`read_manifest` (or ``PoolStore``), which adds the segments.
 """
 

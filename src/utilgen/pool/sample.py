@@ -2,7 +2,7 @@
 
 A sample is the unit the pool stores: its payload (PNG bytes for images, UTF-8 for texts)
 goes to a content-addressed blob, every other field to one row of the manifest
-(shared/DESIGN.md, "The run directory").
+(docs/architecture.md, "The run directory").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where pretrained weights come from, and the one-line errors when they are not there.
 
 Two sources: offline asset packages from the package registry (MiniLM, EfficientNet-Lite0;
-see shared/ASSETS.md), and transformers checkpoints given by hub id or local directory.
+see docs/assets.md), and transformers checkpoints given by hub id or local directory.
 Nothing here downloads: a hub id works only if it is already in the local Hugging Face cache.
 """
 

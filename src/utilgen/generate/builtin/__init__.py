@@ -1,6 +1,6 @@
 """The built-in offline image generator: a class-conditional diffusers ``UNet2DModel``.
 
-No pretrained diffusion weights can be had offline (shared/ASSETS.md), so utilgen trains a
+No pretrained diffusion weights can be had offline (docs/assets.md), so utilgen trains a
 small pixel-space model itself: DDPM pretraining on the broad split, adaptation to the task's
 k shots (LoRA by default), DDIM sampling with classifier-free guidance through a null class,
 img2img, user-supplied initial noise, and class embeddings that act as prompt embeddings.
