@@ -40,6 +40,8 @@ ROUND_PATHS = {
     "checkpoints": "checkpoints",
     "pairs": "pairs.parquet",
     "dpo_adapter": "adapters/dpo",
+    "dpo_log": "adapters/dpo/log.jsonl",
+    "dpo_result": "adapters/dpo/result.json",
     "control": "control.parquet",
     "hard_sample_plan": "hard_samples.json",
     "instance_requests": "instance_requests",  # + .json / .safetensors

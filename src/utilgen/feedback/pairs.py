@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 from utilgen.atomic import write_bytes_atomic
 from utilgen.config.feedback import PreferencePairConfig
 from utilgen.errors import UtilgenError
-from utilgen.pool.layout import RunLayout
 
 PAIR_COLUMNS = [
     "class_name",
@@ -47,11 +46,6 @@ INPUT_COLUMNS = ["id", "label", "class_name", "prompt", "utility"]
 
 class PairError(UtilgenError):
     """Preference pairs cannot be built from the given scores."""
-
-
-def pairs_path(run_dir: str | Path, round_index: int) -> Path:
-    """``RUN/rounds/NNN/pairs.parquet``."""
-    return RunLayout(run_dir).round(round_index).pairs
 
 
 def pair_slots(n: int, ratio: float, scheme: str) -> list[tuple[int, int]]:

@@ -24,9 +24,9 @@ from typing import Any
 
 from utilgen.atomic import write_json_atomic
 from utilgen.faults import fault_point
+from utilgen.pool.layout import TRAINING_LOG_FILE as LOG_FILE
+from utilgen.pool.layout import TRAINING_RESULT_FILE as RESULT_FILE
 
-LOG_FILE = "log.jsonl"
-RESULT_FILE = "result.json"
 TENSORBOARD_DIR = "tensorboard"
 # Record keys that are coordinates, not metrics: not sent to TensorBoard as scalars.
 AXES = ("step", "epoch")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utilgen.config import load_config
 from utilgen.errors import UtilgenError
-from utilgen.feedback.model_level import RESULT_FILE, apply_model_feedback
+from utilgen.feedback.model_level import apply_model_feedback
 from utilgen.loop.run import prepare
 from utilgen.pool import PoolStore, RunLayout
 
@@ -63,6 +63,6 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
         for earlier in range(1, round_index + 1):
             generator = apply_model_feedback(generator, store, config, run_dir, earlier)
     result: dict[str, object] = json.loads(
-        (layout.round(round_index).dpo_adapter / RESULT_FILE).read_text(encoding="utf-8")
+        layout.round(round_index).dpo_result.read_text(encoding="utf-8")
     )
     return result

@@ -54,6 +54,9 @@ TRAINING_SET_FILE = "training_set.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 PAIRS_FILE = "pairs.parquet"
 DPO_ADAPTER_DIR = "adapters/dpo"
+# RUN/rounds/NNN/adapters/dpo/, written by feedback.training_log beside the trained weights
+TRAINING_LOG_FILE = "log.jsonl"
+TRAINING_RESULT_FILE = "result.json"
 CONTROL_FILE = "control.parquet"
 HARD_SAMPLE_PLAN = "hard_samples.json"
 INSTANCE_REQUESTS = "instance_requests"  # + .json and .safetensors
@@ -101,6 +104,16 @@ class RoundLayout:
     def dpo_adapter(self) -> Path:
         """``adapters/dpo/``: what the round's ``dpo`` feedback trained."""
         return self.path / DPO_ADAPTER_DIR
+
+    @property
+    def dpo_log(self) -> Path:
+        """``adapters/dpo/log.jsonl``: the dpo feedback's training log, a line per step."""
+        return self.dpo_adapter / TRAINING_LOG_FILE
+
+    @property
+    def dpo_result(self) -> Path:
+        """``adapters/dpo/result.json``: written last, it marks the dpo feedback done."""
+        return self.dpo_adapter / TRAINING_RESULT_FILE
 
     @property
     def control(self) -> Path:

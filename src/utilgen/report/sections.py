@@ -58,8 +58,6 @@ METRIC_TITLES = {"accuracy": "top-1", "worst_class_ratio": "worst-class ratio"}
 # Written by the DPO trainers (utilgen.feedback.lm_dpo and .diffusion_dpo) under the
 # round's feedback directory (RUN/rounds/NNN/adapters/dpo), one JSON record per logged
 # optimiser step.
-DPO_LOG = "log.jsonl"
-DPO_RESULT = "result.json"
 MARGIN_SCORE = "margin"
 
 
@@ -471,7 +469,7 @@ def dpo_logs(run: ReportRun) -> dict[int, pd.DataFrame]:
     """Round -> the DPO log that round's feedback wrote (rounds without one left out)."""
     out = {}
     for r in sorted(run.round_metrics):
-        path = run.layout.round(r).dpo_adapter / DPO_LOG
+        path = run.layout.round(r).dpo_log
         if path.is_file() and path.stat().st_size:
             out[r] = pd.read_json(path, lines=True)
     return out
@@ -546,7 +544,7 @@ def samples_section(runs: Sequence[ReportRun]) -> Section:
 def dpo_seconds(run: ReportRun, round_index: int) -> str:
     """The round's DPO training time from its ``result.json`` ('' without feedback,
     'not recorded' when the trainer did not record it)."""
-    path = run.layout.round(round_index).dpo_adapter / DPO_RESULT
+    path = run.layout.round(round_index).dpo_result
     if not path.is_file():
         return ""
     seconds = json.loads(path.read_text(encoding="utf-8")).get("seconds")
