@@ -57,7 +57,7 @@ class BuiltinAdapter:
         from diffusers import DDPMScheduler
 
         from utilgen.generate.builtin.pixels import to_model_space
-        from utilgen.generate.builtin.training import LORA_TARGETS
+        from utilgen.generate.builtin.training import unet_lora
 
         generator = self.generator
         model = generator.model
@@ -72,15 +72,10 @@ class BuiltinAdapter:
         model.requires_grad_(False)
         frozen: nn.Module | None = None
         if cfg.method == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            present = {name.rsplit(".", 1)[-1] for name, _ in model.unet.named_modules()}
-            targets = [t for t in LORA_TARGETS if t.rsplit(".", 1)[-1] in present]
-            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=targets)
-            # get_peft_model injects the LoRA layers into model.unet's own modules, so calling
-            # model runs them; the peft handle switches them off and merges them.
+            # The LoRA layers go into model.unet's own modules, so calling model runs them;
+            # the peft handle switches them off and merges them.
             with seeded_init(seed):
-                self._peft_unet = get_peft_model(model.unet, lora)
+                self._peft_unet = unet_lora(model.unet, cfg.lora_rank)
             params = [p for p in model.parameters() if p.requires_grad]
         else:
             frozen = copy.deepcopy(model).eval().requires_grad_(False)

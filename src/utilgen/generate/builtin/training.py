@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.models.unets.unet_2d import UNet2DModel
@@ -223,6 +224,17 @@ def pretrain(
     )
 
 
+def unet_lora(unet: UNet2DModel, rank: int) -> Any:
+    """``unet`` with peft LoRA layers (rank ``rank``, alpha = rank) injected into its own
+    modules among :data:`LORA_TARGETS`; returns the peft handle, which freezes the UNet's
+    own weights and can switch the adapter off or merge it."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in unet.named_modules()}
+    targets = [t for t in LORA_TARGETS if t.rsplit(".", 1)[-1] in present]
+    return get_peft_model(unet, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+
+
 def adapt(
     model: ClassConditionalUNet,
     scheduler: DDPMScheduler,
@@ -261,12 +273,7 @@ def adapt(
     if cfg.adapt_method == "full":
         return run(params=model.parameters())
 
-    from peft import LoraConfig, get_peft_model
-
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.unet.named_modules()}
-    targets = [t for t in LORA_TARGETS if t.rsplit(".", 1)[-1] in present]
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, target_modules=targets)
-    peft_unet = get_peft_model(model.unet, lora)  # freezes the UNet's own weights
+    peft_unet = unet_lora(model.unet, cfg.lora_rank)  # freezes the UNet's own weights
     params: list[nn.Parameter] = [p for p in peft_unet.parameters() if p.requires_grad]
     params += model.class_embeddings.parameters()
     stats = run(params=params)
