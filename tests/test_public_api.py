@@ -45,6 +45,9 @@ def test_results_are_typed_views_of_the_files(tmp_path: Path) -> None:
     result = utilgen.run(cfg, tmp_path / "run")
     written = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
     assert isinstance(result.summary, utilgen.Summary)
+    # Exact below: every value is the one written to JSON in this process and read back
+    # (float repr round-trips exactly), or the stored metrics a resume reads; nothing is
+    # recomputed.
     assert result.summary.to_dict() == written
     assert result.summary.name == "typed" and result.summary.seed == 0
     assert result.summary.per_class_accuracy == written["per_class_accuracy"]
