@@ -16,11 +16,29 @@ import utilgen
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
 def _readme_python() -> str:
-    """The README's Python API example (its one ```python block)."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 1, "the README has one Python example; this test runs it"
+    """The README's Python API example: the first ```python block, the one that runs as
+    written (the next, on registering one's own parts, names the user's classes)."""
+    blocks = _readme_blocks()
+    assert blocks and "utilgen.run(" in blocks[0], "the README's first Python block is the API"
     return str(blocks[0])
+
+
+def test_readme_registration_example_names_real_registries() -> None:
+    from utilgen import registry
+
+    blocks = _readme_blocks()
+    assert len(blocks) == 2
+    code = blocks[1]
+    compile(code, "README.md", "exec")
+    names = re.findall(r"^([A-Z_]+)\.register\(", code, re.M)
+    assert len(names) == 3
+    for name in names:
+        assert isinstance(getattr(registry, name), registry.Registry), name
 
 
 def test_readme_example_runs_as_written(

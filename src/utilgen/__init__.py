@@ -12,7 +12,8 @@ The Python API (the CLI is a thin layer over it)::
 config in a run directory and returns a :class:`RunResult` (typed :class:`Summary`, one
 :class:`RoundMetrics` per stage). The protocols a user implements to bring their own parts
 are exported too: :class:`Generator`, :class:`Valuator`, :class:`Selector`,
-:class:`TaskModel`.
+:class:`FeedbackComponent`, :class:`TaskModel`; :mod:`utilgen.registry` is where a part of
+one's own is registered by name (docs/architecture.md, "Registries").
 
 Names are imported on first use, so ``import utilgen`` stays light (no torch).
 """
@@ -30,6 +31,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 if TYPE_CHECKING:
     from utilgen.config import RunConfig
+    from utilgen.feedback.component import FeedbackComponent
     from utilgen.generate.base import Generator
     from utilgen.loop.results import RoundMetrics, StopRecord, Summary
     from utilgen.loop.run import RunResult, run
@@ -45,6 +47,7 @@ _EXPORTS = {
     "Summary": "utilgen.loop.results",
     "RoundMetrics": "utilgen.loop.results",
     "StopRecord": "utilgen.loop.results",
+    "FeedbackComponent": "utilgen.feedback.component",
     "Generator": "utilgen.generate.base",
     "Valuator": "utilgen.value.base",
     "Selector": "utilgen.value.selectors",
@@ -52,6 +55,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FeedbackComponent",
     "Generator",
     "RoundMetrics",
     "RunConfig",

@@ -54,7 +54,7 @@ def test_feedback_command_bad_input(
                    "--set", "data.max_per_class=30") == 0
     capsys.readouterr()
     assert utilgen("feedback", str(real_only), "--round", "1") == 2
-    assert "has no dpo feedback" in capsys.readouterr().err
+    assert "has no feedback that trains the generator" in capsys.readouterr().err
     # a dpo run whose round 1 has not been generated yet, and a round without feedback
     pending = tmp_path / "pending"
     pending.mkdir()

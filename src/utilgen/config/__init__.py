@@ -17,10 +17,7 @@ from utilgen.config.feedback import (
     PreferencePairConfig,
 )
 from utilgen.config.generator import (
-    IMAGE_GENERATORS,
-    TEXT_GENERATORS,
     GeneratorConfig,
-    GeneratorKind,
 )
 from utilgen.config.instance import (
     HardSampleConfig,
@@ -43,7 +40,7 @@ from utilgen.config.loop import LoopConfig
 from utilgen.config.run import RunConfig
 from utilgen.config.scale import RayConfig
 from utilgen.config.section import Section
-from utilgen.config.task import TaskConfig, TaskModelName
+from utilgen.config.task import TaskConfig
 from utilgen.config.text_generation import (
     CaptionPerturbationConfig,
     CausalLMConfig,
@@ -54,8 +51,6 @@ from utilgen.config.valuation import ScoreName, ValuationConfig
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
-    "IMAGE_GENERATORS",
-    "TEXT_GENERATORS",
     "BuiltinDiffusionConfig",
     "CaptionPerturbationConfig",
     "CausalLMConfig",
@@ -66,7 +61,6 @@ __all__ = [
     "FeedbackConfig",
     "FewShotPromptConfig",
     "GeneratorConfig",
-    "GeneratorKind",
     "HardSampleConfig",
     "InstanceFeedbackConfig",
     "LMDPOConfig",
@@ -79,7 +73,6 @@ __all__ = [
     "ScoreName",
     "Section",
     "TaskConfig",
-    "TaskModelName",
     "TextFilterConfig",
     "ValuationConfig",
     "apply_overrides",

@@ -20,9 +20,10 @@ from utilgen.config.instance import (
     NoiseOptimisationConfig,
     PromptAscentConfig,
 )
+from utilgen.config.names import check_registered
 from utilgen.config.section import Section
+from utilgen.registry import FEEDBACK_COMPONENTS
 
-FeedbackComponent = Literal["dpo", "hard_samples", "prompt_ascent", "noise_opt"]
 PairScheme = Literal["top-mid", "top-bottom"]
 PairGrouping = Literal["auto", "class", "prompt"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -130,14 +131,15 @@ class DiffusionDPOConfig(Section):
 class FeedbackConfig(Section):
     """How utility is fed back into generation between rounds."""
 
-    components: list[FeedbackComponent] = Field(
+    components: list[str] = Field(
         default_factory=list,
         description="Feedback components switched on. dpo: preference pairs from round r's "
         "utility fine-tune the generator (U-DPO for causal LMs, Diffusion-DPO for diffusion "
         "models) before round r+1. hard_samples: round r+1 generates img2img around the k "
         "lowest-marginal real samples per class (GenDataAgent). prompt_ascent and noise_opt: "
         "each request of round r+1 gets optimised prompt embeddings / initial noise "
-        "(UtilGen instance level).",
+        "(UtilGen instance level). Or a component registered in "
+        "utilgen.registry.FEEDBACK_COMPONENTS.",
     )
     pairs: PreferencePairConfig = Field(default_factory=PreferencePairConfig)
     dpo: LMDPOConfig = Field(default_factory=LMDPOConfig)
@@ -160,6 +162,8 @@ class FeedbackConfig(Section):
     @field_validator("components")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_registered(FEEDBACK_COMPONENTS, name)
         if len(set(value)) != len(value):
             raise ValueError(f"feedback.components lists a component twice: {value}")
         return value

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from utilgen.atomic import write_text_atomic
 from utilgen.config.device import check_device_available
+from utilgen.config.names import NAME_ERROR
 from utilgen.config.run import RunConfig
 from utilgen.errors import ConfigError
 
@@ -149,7 +150,7 @@ def _one_line(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "value_error":
         return one_line(f"invalid config '{key}': {msg}")
-    if first["type"] in ("literal_error", "enum"):
+    if first["type"] in ("literal_error", "enum", NAME_ERROR):
         return one_line(f"invalid value for '{key}': {msg}")
     return one_line(f"invalid value for '{key}' ({show(first.get('input'))}): {msg}")
 

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator, model_validator
 
 from utilgen.config.data import DataConfig
 from utilgen.config.feedback import FeedbackConfig
-from utilgen.config.generator import IMAGE_GENERATORS, GeneratorConfig
+from utilgen.config.generator import GeneratorConfig
 from utilgen.config.loop import LoopConfig
 from utilgen.config.scale import RayConfig
 from utilgen.config.section import Section
@@ -77,55 +77,32 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _feedback_fits(self) -> RunConfig:
-        if self.feedback.control and "dpo" not in self.feedback.components:
+        from utilgen.feedback.component import active_components
+
+        components = active_components(self)
+        if self.feedback.control and not any(c.trains_generator for _, c in components):
             raise ValueError(
                 "feedback.control compares the last round with the generator before dpo "
                 "feedback: add dpo to feedback.components or set feedback.control=false"
             )
-        if not self.feedback.components:
+        if not components:
             return self
         if self.loop.rounds < 2:
             raise ValueError(
                 f"feedback.components {self.feedback.components} act between rounds; set "
                 "loop.rounds to 2 or more"
             )
-        instance = [c for c in self.feedback.components if c != "dpo"]
-        if instance and self.generator.kind not in IMAGE_GENERATORS:
+        makers = [name for name, c in components if c.makes_requests]
+        optimisers = [name for name, c in components if c.optimises_requests]
+        if len(makers) > 1:
             raise ValueError(
-                f"feedback.components {instance} shape image generation; they need "
-                f"generator.kind builtin-diffusion or diffusers, not {self.generator.kind}"
+                f"feedback.components: {makers} each make a round's requests; switch on one"
             )
-        optimisers = [c for c in instance if c != "hard_samples"]
-        if "hard_samples" in instance and optimisers:
+        if makers and optimisers:
             raise ValueError(
-                f"feedback.components: hard_samples makes img2img requests, which "
+                f"feedback.components: {makers[0]} makes the round's requests itself, which "
                 f"{optimisers} cannot optimise; switch on one or the other"
             )
-        if "hard_samples" in self.feedback.components and self.feedback.hard_samples.captions:
-            if self.generator.kind == "builtin-diffusion":
-                raise ValueError(
-                    "feedback.hard_samples.captions needs a text-conditioned generator; the "
-                    "built-in generator reads class labels only: set "
-                    "feedback.hard_samples.captions=false"
-                )
-            diffusers = self.generator.diffusers
-            if diffusers.captions_file is None and diffusers.captioner is None:
-                raise ValueError(
-                    "feedback.hard_samples.captions needs captions of the real images to "
-                    "perturb: set generator.diffusers.captions_file or generator.diffusers."
-                    "captioner (a BLIP-2 directory), or feedback.hard_samples.captions=false"
-                )
-        if "dpo" in self.feedback.components:
-            if self.generator.kind == "causal-lm" and self.generator.lm.backend == "vllm":
-                raise ValueError(
-                    "feedback.components [dpo] fine-tunes the generator's transformers model "
-                    "between rounds, and generator.lm.backend=vllm holds none: set "
-                    "generator.lm.backend=transformers or drop dpo"
-                )
-            score = self.feedback.pairs.score
-            if score not in self.valuation.scores:
-                raise ValueError(
-                    f"feedback.pairs.score={score!r} is not among valuation.scores "
-                    f"{self.valuation.scores}; add it there or pick one of them"
-                )
+        for _, component in components:
+            component.check_config(self)
         return self

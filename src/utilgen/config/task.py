@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from utilgen.config.names import check_registered
 from utilgen.config.section import Section
-
-TaskModelName = Literal["auto", "small-cnn", "efficientnet-lite0", "hf-image", "minilm", "hf-text"]
+from utilgen.registry import TASK_MODELS
 
 
 class TaskConfig(Section):
     """The downstream classifier and how it is trained."""
 
-    model: TaskModelName = Field(
+    model: str = Field(
         "auto",
         description="auto (small-cnn for images, minilm for text), small-cnn, efficientnet-lite0, "
         "hf-image (transformers image classifier), minilm (MiniLM embeddings + head), "
-        "hf-text (transformers sequence classifier).",
+        "hf-text (transformers sequence classifier), or a model registered in "
+        "utilgen.registry.TASK_MODELS.",
     )
     model_path: str | None = Field(
         None, description="Hub id or local path for hf-image / hf-text (must be on disk offline)."
@@ -38,3 +39,8 @@ class TaskConfig(Section):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the model's repository. Off: it runs code."
     )
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return check_registered(TASK_MODELS, value, also=("auto",))

@@ -13,6 +13,10 @@ A resumed run finds ``result.json`` and re-applies the saved adapter or weights 
 training again (:func:`restore_model_feedback`), so the generator of round r+1 is the same
 whether or not the run was interrupted. Every later sample names the adapter in its
 ``generator`` provenance (``...+lora:<hash>``, or the built-in model's new fingerprint).
+
+The training itself is the generator family's :class:`DPOTrainer`, looked up by
+``generator.kind`` in :data:`utilgen.registry.DPO_TRAINERS`; a generator kind without one
+cannot take ``dpo`` feedback (the config says so when it validates).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 from PIL import Image
@@ -33,6 +37,7 @@ from utilgen.feedback.training_log import RESULT_FILE
 from utilgen.generate import Generator
 from utilgen.pool import PoolStore, RunLayout
 from utilgen.pool.payload import decode_image, decode_text
+from utilgen.registry import DPO_TRAINERS
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +141,55 @@ def _merge_lm_adapter(generator: Any, model: Any, tag: str) -> None:
     generator.name = f"{generator.name}+{tag}"
 
 
-def apply_model_feedback(
-    generator: Generator, store: PoolStore, config: RunConfig, run_dir: Path, round_index: int
-) -> Generator:
-    """Fine-tune ``generator`` on round ``round_index``'s preference pairs (or, when the run
-    directory already holds the result, restore it); returns the generator for the next
-    round (the same object, updated, except for the built-in generator on resume)."""
-    out = RunLayout(run_dir).round(round_index).dpo_adapter
-    if (out / RESULT_FILE).exists():
-        return restore_model_feedback(generator, config, run_dir, round_index)
-    pairs = round_pairs(store, config, run_dir, round_index)
-    fault_point("feedback.pairs")
-    kind = config.generator.kind
-    seed = config.seed + round_index
-    if kind == "causal-lm":
+class DPOTrainer(Protocol):
+    """Model-level feedback for one generator family: train on a round's pairs, restore."""
+
+    def describe(self, config: RunConfig) -> str:
+        """What one round's training does, for ``utilgen run --dry-run``."""
+        ...
+
+    def train(
+        self,
+        generator: Generator,
+        store: PoolStore,
+        pairs: pd.DataFrame,
+        config: RunConfig,
+        out: Path,
+        seed: int,
+    ) -> Generator:
+        """Fine-tune ``generator`` on ``pairs``, save into ``out`` with ``result.json``
+        last; returns the generator for the next round."""
+        ...
+
+    def restore(
+        self, generator: Generator, config: RunConfig, out: Path, result: dict[str, Any]
+    ) -> Generator:
+        """Re-apply what :meth:`train` saved in ``out`` (``result``: its result.json)."""
+        ...
+
+
+class LMDPOTrainer:
+    """U-DPO of a causal LM: a LoRA adapter (merged afterwards) or a full fine-tune."""
+
+    def describe(self, config: RunConfig) -> str:
+        lm, fb = config.feedback.dpo, config.feedback
+        tuning = "LoRA adapter" if lm.lora else "full fine-tune"
+        return (
+            f"U-DPO ({tuning}), {lm.epochs} epoch(s) over the round's preference pairs, "
+            f"{lm.batch_size} pair(s) a step x {lm.gradient_accumulation_steps} accumulation "
+            f"(the pair count is known once the round is scored), pairs ranked by "
+            f"{fb.pairs.score}"
+        )
+
+    def train(
+        self,
+        generator: Generator,
+        store: PoolStore,
+        pairs: pd.DataFrame,
+        config: RunConfig,
+        out: Path,
+        seed: int,
+    ) -> Generator:
         from utilgen.feedback.lm_dpo import train_lm_dpo
 
         lm: Any = generator
@@ -164,34 +204,10 @@ def apply_model_feedback(
         )
         _merge_lm_adapter(lm, result.model, result.tag)
         return generator
-    if kind in ("builtin-diffusion", "diffusers"):
-        from utilgen.feedback import diffusion_dpo
 
-        trainer = (
-            diffusion_dpo.train_builtin_diffusion_dpo
-            if kind == "builtin-diffusion"
-            else diffusion_dpo.train_diffusers_dpo
-        )
-        trainer(
-            generator,
-            _image_pairs(store, pairs),
-            config.feedback.diffusion_dpo,
-            out_dir=out,
-            seed=seed,
-        )
-        return generator
-    raise UtilgenError(f"feedback component dpo does not support generator.kind={kind}")
-
-
-def restore_model_feedback(
-    generator: Generator, config: RunConfig, run_dir: Path, round_index: int
-) -> Generator:
-    """Re-apply what round ``round_index``'s feedback saved (a resumed run)."""
-    out = RunLayout(run_dir).round(round_index).dpo_adapter
-    result = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
-    kind = config.generator.kind
-    log.info("round %d: restoring the DPO feedback saved in %s", round_index, out)
-    if kind == "causal-lm":
+    def restore(
+        self, generator: Generator, config: RunConfig, out: Path, result: dict[str, Any]
+    ) -> Generator:
         lm: Any = generator
         if result.get("lora", True):
             from utilgen.generate.causal_lm import load_adapter
@@ -217,16 +233,92 @@ def restore_model_feedback(
         lm.model.eval()
         lm.name = f"{lm.name}+{result['tag']}"
         return generator
-    if kind == "builtin-diffusion":
-        from utilgen.generate.builtin import BuiltinDiffusionGenerator
 
-        builtin: Any = generator
-        restored = BuiltinDiffusionGenerator.from_pretrained(
-            out / "generator", device=builtin.device, batch_size=builtin.batch_size
+
+class DiffusionDPOTrainer:
+    """Diffusion-DPO of a diffusion model's denoiser (:mod:`utilgen.feedback.diffusion_dpo`).
+
+    ``builtin``: the built-in UNet (restored by loading the saved generator); otherwise a
+    diffusers pipeline (restored by loading the saved LoRA)."""
+
+    def __init__(self, *, builtin: bool) -> None:
+        self.builtin = builtin
+
+    def describe(self, config: RunConfig) -> str:
+        d, fb = config.feedback.diffusion_dpo, config.feedback
+        return (
+            f"Diffusion-DPO ({d.method}), {d.steps} optimiser steps of {d.batch_size} "
+            f"pair(s) x {d.gradient_accumulation_steps} accumulation, pairs ranked by "
+            f"{fb.pairs.score}"
         )
-        return restored
-    if kind == "diffusers":
+
+    def train(
+        self,
+        generator: Generator,
+        store: PoolStore,
+        pairs: pd.DataFrame,
+        config: RunConfig,
+        out: Path,
+        seed: int,
+    ) -> Generator:
+        from utilgen.feedback import diffusion_dpo
+
+        trainer = (
+            diffusion_dpo.train_builtin_diffusion_dpo
+            if self.builtin
+            else diffusion_dpo.train_diffusers_dpo
+        )
+        trainer(
+            generator,
+            _image_pairs(store, pairs),
+            config.feedback.diffusion_dpo,
+            out_dir=out,
+            seed=seed,
+        )
+        return generator
+
+    def restore(
+        self, generator: Generator, config: RunConfig, out: Path, result: dict[str, Any]
+    ) -> Generator:
+        if self.builtin:
+            from utilgen.generate.builtin import BuiltinDiffusionGenerator
+
+            builtin: Any = generator
+            restored: Generator = BuiltinDiffusionGenerator.from_pretrained(
+                out / "generator", device=builtin.device, batch_size=builtin.batch_size
+            )
+            return restored
         diffusers: Any = generator
         diffusers.load_lora(out / str(result.get("lora_file", "lora")))
         return generator
-    raise UtilgenError(f"feedback component dpo does not support generator.kind={kind}")
+
+
+LM_DPO = LMDPOTrainer()
+BUILTIN_DIFFUSION_DPO = DiffusionDPOTrainer(builtin=True)
+DIFFUSERS_DPO = DiffusionDPOTrainer(builtin=False)
+
+
+def apply_model_feedback(
+    generator: Generator, store: PoolStore, config: RunConfig, run_dir: Path, round_index: int
+) -> Generator:
+    """Fine-tune ``generator`` on round ``round_index``'s preference pairs (or, when the run
+    directory already holds the result, restore it); returns the generator for the next
+    round (the same object, updated, except for the built-in generator on resume). The
+    trainer is the generator kind's entry in :data:`utilgen.registry.DPO_TRAINERS`."""
+    out = RunLayout(run_dir).round(round_index).dpo_adapter
+    if (out / RESULT_FILE).exists():
+        return restore_model_feedback(generator, config, run_dir, round_index)
+    pairs = round_pairs(store, config, run_dir, round_index)
+    fault_point("feedback.pairs")
+    trainer = DPO_TRAINERS.get(config.generator.kind)
+    return trainer.train(generator, store, pairs, config, out, config.seed + round_index)
+
+
+def restore_model_feedback(
+    generator: Generator, config: RunConfig, run_dir: Path, round_index: int
+) -> Generator:
+    """Re-apply what round ``round_index``'s feedback saved (a resumed run)."""
+    out = RunLayout(run_dir).round(round_index).dpo_adapter
+    result = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
+    log.info("round %d: restoring the DPO feedback saved in %s", round_index, out)
+    return DPO_TRAINERS.get(config.generator.kind).restore(generator, config, out, result)

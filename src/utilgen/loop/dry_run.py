@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utilgen.config import IMAGE_GENERATORS, RunConfig
+from utilgen.config import RunConfig
+from utilgen.feedback.component import active_components
 from utilgen.loop.run import Plan, projected_cost
 from utilgen.loop.stopping import Cost, budget_exceeded
 from utilgen.pool.layout import RunLayout, round_name
@@ -30,41 +31,7 @@ def _data_line(plan: Plan) -> str:
 
 def _feedback_lines(config: RunConfig, n_requests: int) -> list[str]:
     """What each feedback component does between two rounds, with its step counts."""
-    fb, lines = config.feedback, []
-    for component in fb.components:
-        if component == "dpo" and config.generator.kind in IMAGE_GENERATORS:
-            d = fb.diffusion_dpo
-            lines.append(
-                f"dpo: Diffusion-DPO ({d.method}), {d.steps} optimiser steps of {d.batch_size} "
-                f"pair(s) x {d.gradient_accumulation_steps} accumulation, pairs ranked by "
-                f"{fb.pairs.score}"
-            )
-        elif component == "dpo":
-            lm = fb.dpo
-            tuning = "LoRA adapter" if lm.lora else "full fine-tune"
-            lines.append(
-                f"dpo: U-DPO ({tuning}), {lm.epochs} epoch(s) over the round's preference pairs, "
-                f"{lm.batch_size} pair(s) a step x {lm.gradient_accumulation_steps} accumulation "
-                f"(the pair count is known once the round is scored), pairs ranked by "
-                f"{fb.pairs.score}"
-            )
-        elif component == "hard_samples":
-            h = fb.hard_samples
-            lines.append(
-                f"hard_samples: img2img around the {h.k} real training samples a class with "
-                f"the lowest marginal p(y|x) under the {h.scorer}, strengths {h.strengths}"
-            )
-        elif component == "prompt_ascent":
-            lines.append(
-                f"prompt_ascent: {fb.prompt_ascent.steps} ascent steps on each of "
-                f"{n_requests} requests' prompt embeddings"
-            )
-        elif component == "noise_opt":
-            lines.append(
-                f"noise_opt: 1 DDIM inversion + {fb.noise_opt.steps} steps on each of "
-                f"{n_requests} requests' initial noise"
-            )
-    return lines
+    return [c.describe(config, n_requests) for _, c in active_components(config)]
 
 
 def _round_lines(plan: Plan) -> tuple[list[str], int]:

@@ -14,23 +14,23 @@ the adapter instead of training (``utilgen.feedback.model_level``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from utilgen.config import load_config
 from utilgen.errors import UtilgenError
-from utilgen.feedback.model_level import apply_model_feedback
+from utilgen.feedback.component import active_components
 from utilgen.loop.run import prepare
 from utilgen.pool import PoolStore, RunLayout
 
 
 def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, object]:
-    """Train (or, if already trained, leave) round ``round_index``'s ``dpo`` feedback of the
-    run in ``run_dir``; returns its ``result.json``.
+    """Train (or, if already trained, leave) round ``round_index``'s model-level feedback
+    (every component that trains the generator, e.g. ``dpo``) of the run in ``run_dir``;
+    returns what each recorded, by component name (``dpo``: its ``result.json``).
 
     Raises:
-        UtilgenError: no such run, a config without ``dpo`` feedback, a round outside
-            1..rounds-1, or a round that has not been generated and scored yet.
+        UtilgenError: no such run, a config without feedback that trains the generator, a
+            round outside 1..rounds-1, or a round that has not been generated and scored yet.
     """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
@@ -40,10 +40,11 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
             f"{run_dir} is not a run directory (no config.yaml); start it with `utilgen run`"
         )
     config = load_config(config_path)
-    if "dpo" not in config.feedback.components:
+    trainers = [(n, c) for n, c in active_components(config) if c.trains_generator]
+    if not trainers:
         raise UtilgenError(
-            f"the run in {run_dir} has no dpo feedback (feedback.components="
-            f"{config.feedback.components}); nothing to train"
+            f"the run in {run_dir} has no feedback that trains the generator, such as dpo "
+            f"(feedback.components={config.feedback.components}); nothing to train"
         )
     if not 1 <= round_index < config.loop.rounds:
         raise UtilgenError(
@@ -61,8 +62,6 @@ def train_round_feedback(run_dir: str | Path, round_index: int) -> dict[str, obj
         raise UtilgenError(f"the run in {run_dir} has no generator; nothing to train")
     with PoolStore.open(run_dir) as store:
         for earlier in range(1, round_index + 1):
-            generator = apply_model_feedback(generator, store, config, run_dir, earlier)
-    result: dict[str, object] = json.loads(
-        layout.round(round_index).dpo_result.read_text(encoding="utf-8")
-    )
-    return result
+            for _, component in trainers:
+                generator = component.update_generator(generator, store, config, run_dir, earlier)
+    return {name: component.saved_result(run_dir, round_index) for name, component in trainers}

@@ -9,7 +9,8 @@ classifier (the same judge every round, so rounds compare), retrains a fresh tas
 real + round r's kept synthetic samples and evaluates. One round with no feedback is the
 ``static`` strategy (Real-Fake / U-DPO's baseline). Between rounds the feedback components
 update the generator: ``dpo`` fine-tunes it on round r's utility-ranked preference pairs
-(U-DPO, Diffusion-DPO) before round r+1 generates. With two or more rounds the run ends
+(U-DPO, Diffusion-DPO) before round r+1 generates; every component is found by name in
+:data:`utilgen.registry.FEEDBACK_COMPONENTS`. With two or more rounds the run ends
 with ``feedback_effect.json`` and a plot comparing the rounds' utility distributions.
 
 Every step checks whether its output already exists, so re-running the same command after
@@ -33,7 +34,6 @@ import yaml
 from utilgen import __version__
 from utilgen.atomic import write_json_atomic
 from utilgen.config import (
-    IMAGE_GENERATORS,
     RunConfig,
     config_from_dict,
     config_to_yaml,
@@ -44,11 +44,13 @@ from utilgen.data import LabelledData, Splits, load_data, split_for_config
 from utilgen.determinism import resolve_device, seed_everything
 from utilgen.errors import ConfigError, UtilgenError
 from utilgen.faults import fault_point
+from utilgen.feedback.component import RoundContext, active_components
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import build_generator, static_requests
+from utilgen.generate.kinds import generator_kind
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
 from utilgen.loop.offline import offline_samples
-from utilgen.loop.policy import RoundContext, round_requests
+from utilgen.loop.policy import round_requests
 from utilgen.loop.results import RoundMetrics, Summary
 from utilgen.loop.stopping import (
     MAX_ROUNDS,
@@ -132,7 +134,7 @@ def _check_generator_modality(config: RunConfig, splits: Splits) -> None:
     kind = config.generator.kind
     if kind == "none":
         return
-    wants = "image" if kind in IMAGE_GENERATORS else "text"
+    wants = generator_kind(kind).modality
     if splits.train.modality != wants:
         raise ConfigError(
             f"generator.kind={kind} makes {wants}s but data.source={config.data.source} holds "
@@ -164,8 +166,8 @@ def plan_run(config: RunConfig, *, with_generator: bool = True) -> Plan:
     )
     plan = Plan(config, splits, requests)
     check_first_round_budget(config.loop.budget, projected_cost(plan, 1))
-    if "hard_samples" in config.feedback.components:
-        _check_hard_samples(config, splits)
+    for _, component in active_components(config):
+        component.check_plan(config, splits)
     return plan
 
 
@@ -204,20 +206,6 @@ def projected_cost(plan: Plan | Prepared, round_index: int) -> Cost:
     requests = plan.requests
     n_samples = sum(r.num_outputs for r in requests)
     return round_cost(plan.config, round_index, n_samples, len(requests))
-
-
-def _check_hard_samples(config: RunConfig, splits: Splits) -> None:
-    """k against the class sizes, and the caption source, before anything is written."""
-    from utilgen.feedback.hard_samples import check_hard_sample_inputs
-
-    table = None
-    if config.feedback.hard_samples.captions:
-        from utilgen.generate.prompts import captions_for
-
-        table = captions_for(config.generator.diffusers, splits.train)
-    check_hard_sample_inputs(
-        config.feedback.hard_samples, splits.train, generator=config.generator, captions=table
-    )
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:
@@ -448,6 +436,7 @@ def _generation_rounds(
     generator = prepared.generator
     finished = [stage1]
     fed_back = 0  # rounds whose feedback the generator carries
+    trainers = [c for _, c in active_components(cfg) if c.trains_generator]
     while True:
         round_index = len(finished)
         reason = _stop_reason(cfg, finished, projected_cost(prepared, round_index))
@@ -460,12 +449,11 @@ def _generation_rounds(
         started = time.perf_counter()
         if generator is None and cfg.loop.mode != "offline":
             raise UtilgenError("internal: a generation round needs prepare(with_generator=True)")
-        if generator is not None and "dpo" in cfg.feedback.components:
-            from utilgen.feedback.model_level import apply_model_feedback
-
+        if generator is not None and trainers:
             # Rounds 1..r-1's feedback, in order: trained once, restored on resume.
             for earlier in range(fed_back + 1, round_index):
-                generator = apply_model_feedback(generator, store, cfg, run_dir, earlier)
+                for component in trainers:
+                    generator = component.update_generator(generator, store, cfg, run_dir, earlier)
             fed_back = round_index - 1
         finished.append(
             _generation_round(prepared, generator, store, run_dir, round_index, started)

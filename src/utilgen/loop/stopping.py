@@ -15,6 +15,7 @@ from typing import Any
 from utilgen.config import RunConfig
 from utilgen.config.loop import BudgetConfig, PlateauConfig
 from utilgen.errors import ConfigError
+from utilgen.feedback.component import active_components
 
 MAX_ROUNDS = "max_rounds"
 PLATEAU = "plateau"
@@ -37,14 +38,9 @@ class Cost:
 
 
 def optimisation_calls(config: RunConfig, n_requests: int) -> int:
-    """Generator passes spent optimising ``n_requests`` requests before a round generates."""
-    components = config.feedback.components
-    per_request = 0
-    if "prompt_ascent" in components:
-        per_request += config.feedback.prompt_ascent.steps
-    if "noise_opt" in components:
-        per_request += config.feedback.noise_opt.steps + 1  # + the DDIM inversion
-    return per_request * n_requests
+    """Generator passes the feedback components spend on ``n_requests`` requests before a
+    round generates (e.g. the steps of instance-level optimisation)."""
+    return sum(c.generator_calls(config, n_requests) for _, c in active_components(config))
 
 
 def round_cost(config: RunConfig, round_index: int, n_samples: int, n_requests: int) -> Cost:
