@@ -106,6 +106,16 @@ def _check_class_sizes(k: int, real_train: LabelledData) -> None:
             )
 
 
+def _check_image_generator(generator: GeneratorConfig) -> None:
+    """Hard samples are img2img with the two image generator families this module knows
+    how to prompt (class labels for the built-in one, class texts for diffusers)."""
+    if generator.kind not in ("builtin-diffusion", "diffusers"):
+        raise FeedbackError(
+            f"feedback.hard_samples needs an image generator, not generator.kind="
+            f"{generator.kind}; set generator.kind to builtin-diffusion or diffusers"
+        )
+
+
 def check_hard_sample_inputs(
     cfg: HardSampleConfig,
     real_train: LabelledData,
@@ -128,11 +138,7 @@ def check_hard_sample_inputs(
             f"{real_train.modality}s; remove hard_samples from feedback.components"
         )
     _check_class_sizes(cfg.k, real_train)
-    if generator.kind not in ("builtin-diffusion", "diffusers"):
-        raise FeedbackError(
-            f"feedback.hard_samples needs an image generator, not generator.kind="
-            f"{generator.kind}; set generator.kind to builtin-diffusion or diffusers"
-        )
+    _check_image_generator(generator)
     if generator.kind == "diffusers":
         steps = generator.diffusers.steps
         too_weak = [s for s in cfg.strengths if int(steps * s) < 1]
@@ -347,11 +353,7 @@ def hard_sample_requests(
     """
     if per_class < 0:
         raise FeedbackError(f"hard-sample outputs per class must be >= 0, got {per_class}")
-    if generator.kind not in ("builtin-diffusion", "diffusers"):
-        raise FeedbackError(
-            f"feedback.hard_samples needs an image generator, not generator.kind="
-            f"{generator.kind}; set generator.kind to builtin-diffusion or diffusers"
-        )
+    _check_image_generator(generator)
     if cfg.captions and captions is None:
         raise FeedbackError(
             "feedback.hard_samples.captions is true but no perturbed captions were given; "
