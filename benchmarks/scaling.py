@@ -69,7 +69,7 @@ WORKLOADS = ("generation", "valuation")
 SPEEDUP_TARGET = 1.6
 OVERHEAD_TARGET = 0.15
 SEED = 0
-# The demo's digits generator (src/utilgen/loop/demo.py): same cache entry.
+# The demo's digits generator (src/utilgen/commands/demo.py): same cache entry.
 BUILTIN = BuiltinDiffusionConfig(train_batch_size=32)
 TASK = TaskConfig(model="efficientnet-lite0", image_size=64, epochs=3)
 SCORES = ValuationConfig(scores=["marginal", "vog"])

@@ -26,7 +26,7 @@ from utilgen.errors import (
     disk_full_message,
 )
 from utilgen.progress import set_quiet
-from utilgen.report.efficiency import DEFAULT_FRACTIONS
+from utilgen.report.efficiency_curves import DEFAULT_FRACTIONS
 
 GLOBAL_FLAGS = ("--debug", "--quiet")
 
@@ -192,7 +192,7 @@ def train_cmd(
 ) -> None:
     """Train the configured task model on the real training split (checkpoint per epoch)."""
     cfg = _resolve_config(config, set_)
-    from utilgen.loop.train_eval import train_task
+    from utilgen.commands.train_eval import train_task
 
     metrics = train_task(cfg, out)
     out_console.print(f"validation accuracy {metrics['val']['accuracy']:.4f}; checkpoints in {out}")
@@ -213,7 +213,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint on a split of the configured data; prints metrics as JSON."""
     cfg = _resolve_config(config, set_)
-    from utilgen.loop.train_eval import eval_checkpoint
+    from utilgen.commands.train_eval import eval_checkpoint
 
     metrics = eval_checkpoint(cfg, checkpoint, split)
     out_console.print_json(json.dumps(metrics))
@@ -313,7 +313,7 @@ def report_cmd(
 
 
 def _fractions(text: str) -> tuple[float, ...]:
-    from utilgen.report.efficiency import check_fractions
+    from utilgen.report.efficiency_curves import check_fractions
 
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
@@ -346,9 +346,9 @@ def efficiency_cmd(
     """Accuracy vs synthetic samples per run (retrained on nested stratified subsets; writes
     RUN/efficiency.json), and the samples each strategy needs to reach static's accuracy."""
     wanted = _fractions(fractions)  # validate before the heavy imports
-    from utilgen.loop.efficiency import efficiency_curve
+    from utilgen.commands.efficiency import efficiency_curve
     from utilgen.report import load_summary
-    from utilgen.report.efficiency import compare_to_static, curve_table, ratio_table
+    from utilgen.report.efficiency_curves import compare_to_static, curve_table, ratio_table
 
     for run_dir in runs:
         load_summary(run_dir)  # every run finished, before any is computed
@@ -387,11 +387,11 @@ def compare_cmd(
     ] = 1,
 ) -> None:
     """Run each config over N seeds (resumable) and compare: mean, 95% CI, paired t-tests."""
-    from utilgen.loop.compare import run_comparison, seed_configs
+    from utilgen.commands.compare import run_comparison, seed_configs
 
     cfgs = seed_configs(configs, seeds, set_ or [])  # validate all before any run
     _, comparison = run_comparison(cfgs, out, jobs=jobs)
-    from utilgen.report.compare import comparison_markdown
+    from utilgen.report.comparison_stats import comparison_markdown
 
     out_console.print(comparison_markdown(comparison))
     out_console.print(f"runs under {out}/<name>/seed-<n>/; table in {out}/comparison.md")
@@ -418,10 +418,10 @@ def demo_cmd(
 ) -> None:
     """Run real-only, static and every utility-guided strategy on the bundled datasets
     (digits, BBC News) over 3 seeds (--fast: 1), compare them and write the report."""
-    from utilgen.loop.demo import run_demo
-    from utilgen.loop.parallel import default_jobs
-    from utilgen.report.compare import comparison_markdown
-    from utilgen.report.efficiency import ratio_table
+    from utilgen.commands.demo import run_demo
+    from utilgen.commands.parallel import default_jobs
+    from utilgen.report.comparison_stats import comparison_markdown
+    from utilgen.report.efficiency_curves import ratio_table
 
     result = run_demo(out, fast=fast, jobs=jobs or default_jobs())
     out_console.print(comparison_markdown(result.comparison))

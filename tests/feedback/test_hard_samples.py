@@ -528,9 +528,9 @@ def test_cli_exits_2_with_one_line_for_a_strength_outside_the_unit_interval(
 
 
 def test_parents_are_ranked_by_the_projects_marginal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parents come from utilgen.value.scores' marginal, not a copy of it: replacing that
+    """Parents come from utilgen.value.logit_scores' marginal, not a copy of it: replacing that
     score by its negative makes the highest-marginal sample of each class the first parent."""
-    import utilgen.value.scores as scores
+    import utilgen.value.logit_scores as scores
 
     data = _digits3(per_class=4)
     model = _small_cnn(data)

@@ -111,7 +111,7 @@ SOURCE = Path(utilgen.__file__).parent
 LAYOUT_FILE = Path(layout_module.__file__)
 # Directories that are not run directories, though they reuse some of its file names.
 NOT_RUN_DIRECTORIES = {
-    "loop/train_eval.py": "`utilgen train --out DIR`: config.yaml, checkpoints/, metrics.json",
+    "commands/train_eval.py": "`utilgen train --out DIR`: config.yaml, checkpoints/, metrics.json",
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 from fake_runs import fake_run
 
 from utilgen.errors import UtilgenError
-from utilgen.report.compare import compare_summaries
+from utilgen.report.comparison_stats import compare_summaries
 from utilgen.report.html import build_report
 from utilgen.report.runs import collect_runs, expand_paths, read_run, representatives
 

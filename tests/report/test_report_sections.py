@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from scipy import stats
 
 from utilgen.pool import PoolStore, Sample, encode_text, utility_column
-from utilgen.report.compare import compare_summaries
+from utilgen.report.comparison_stats import compare_summaries
 from utilgen.report.document import NotAvailable, Table, Text
 from utilgen.report.runs import MissingData, read_run
 from utilgen.report.samples import decision_text, sample_blocks, spread_pick, thumbnail

@@ -1,7 +1,7 @@
 """GenDataAgent's hard-sample feedback: img2img around the lowest-marginal real samples.
 
 After a training round, every real training sample is scored with the marginal p(y|x)
-(shared/papers/002, Eq. 1, :func:`utilgen.value.scores.marginal`). Per class the k samples
+(shared/papers/002, Eq. 1, :func:`utilgen.value.logit_scores.marginal`). Per class the k samples
 with the lowest marginal, those nearest the decision boundary, become *parents*: round r+1
 generates img2img around each of them at several strengths (appendix D, Table 8: 0.5, 0.75,
 0.9), prompted with m LLM-perturbed captions of the parent (§2.3, Eq. 2–3). Every generated
@@ -50,7 +50,7 @@ from utilgen.generate.perturb import TextCompleter, perturb_captions, split_capt
 from utilgen.generate.prompts import CaptionTable, class_prompt, class_texts, request_seed
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.task.base import TaskModel
-from utilgen.value.scores import OutputScore
+from utilgen.value.logit_scores import OutputScore
 from utilgen.value.selectors import rank_order
 
 log = logging.getLogger(__name__)

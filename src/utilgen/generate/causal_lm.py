@@ -47,6 +47,7 @@ from utilgen.config import CausalLMConfig, TextFilterConfig
 from utilgen.data.labelled import Modality
 from utilgen.errors import ModelNotFoundError
 from utilgen.generate.base import make_sample
+from utilgen.generate.dtypes import lm_dtype
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.generate.text_filters import clean_text
 from utilgen.pool.payload import encode_text
@@ -167,13 +168,6 @@ def _load(loader: Callable[..., Any], source: ModelSource, what: str, **kwargs: 
         ) from None
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weight dtype: ``auto`` is float32 on CPU and bfloat16 on CUDA."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
 def load_causal_lm(cfg: CausalLMConfig, device: torch.device) -> tuple[Any, Any, str]:
     """The model (eval mode, on ``device``), its tokenizer and its provenance name.
 
@@ -197,7 +191,7 @@ def load_causal_lm(cfg: CausalLMConfig, device: torch.device) -> tuple[Any, Any,
         source,
         "causal LM",
         trust_remote_code=cfg.trust_remote_code,
-        dtype=resolve_dtype(cfg.dtype, device),
+        dtype=lm_dtype(cfg.dtype, device),
     )
     if source.gguf_file is not None:
         # The weights are already float; the quantizer would only block saving and training.

@@ -35,6 +35,7 @@ from utilgen.config.diffusion import DiffusersConfig
 from utilgen.data.labelled import LabelledData, Modality
 from utilgen.errors import ConfigError, ModelNotFoundError
 from utilgen.generate.base import make_sample
+from utilgen.generate.dtypes import diffusion_dtype
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.generate.schedulers import make_scheduler
 from utilgen.pool.payload import encode_image
@@ -45,18 +46,9 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "utilgen"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # 1. loading ---------------------------------------------------------------------------
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float16 on CUDA, float32 elsewhere (CPU half precision is slow and
-    inexact); other names map to their torch dtype."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
 
 
 def _not_found(model: str) -> str:
@@ -279,7 +271,7 @@ class DiffusersGenerator:
                 "generator.kind=diffusers needs generator.diffusers.model: a local diffusers "
                 "pipeline directory or a hub id in the offline cache"
             )
-        dtype = resolve_dtype(cfg.dtype, device)
+        dtype = diffusion_dtype(cfg.dtype, device)
         pipeline = load_text2image_pipeline(cfg.model, dtype=dtype, variant=cfg.variant)
         generator = cls(
             pipeline,

@@ -18,7 +18,7 @@ from typing import Any
 from utilgen.atomic import write_text_atomic
 from utilgen.errors import UtilgenError
 from utilgen.pool.layout import REPORT_HTML, REPORT_MD, RunLayout
-from utilgen.report.compare import compare_summaries
+from utilgen.report.comparison_stats import compare_summaries
 from utilgen.report.document import Section, Text, render_html, render_markdown
 from utilgen.report.runs import ReportRun, check_unique, comparison_problem, read_run
 from utilgen.report.sections import (
@@ -94,7 +94,7 @@ def write_report(
     elif (problem := comparison_problem(comparison)) is not None:
         raise UtilgenError(
             f"the comparison passed to the report is not compare_summaries' output ({problem}); "
-            "pass utilgen.report.compare.compare_summaries(...) or None"
+            "pass utilgen.report.comparison_stats.compare_summaries(...) or None"
         )
     sections = report_sections(runs, comparison)
     intro = [_intro(runs)]
@@ -111,7 +111,7 @@ def build_report(
     comparison: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """``out_dir/report.html`` and ``out_dir/report.md`` over the finished runs
-    ``run_dirs``; ``comparison`` (as :func:`~utilgen.report.compare.compare_summaries`
+    ``run_dirs``; ``comparison`` (as :func:`~utilgen.report.comparison_stats.compare_summaries`
     returns it) is computed from the runs' summaries when None. Returns (html, md)."""
     runs = [read_run(d) for d in run_dirs]
     return write_report(runs, Path(out_dir), comparison)

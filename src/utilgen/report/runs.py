@@ -132,7 +132,8 @@ STAT_KEYS = ("mean", "ci95", "values")
 
 def comparison_problem(comparison: Mapping[str, Any]) -> str | None:
     """What keeps ``comparison`` from being read as
-    :func:`~utilgen.report.compare.compare_summaries` writes it, or None when nothing does."""
+    :func:`~utilgen.report.comparison_stats.compare_summaries` writes it, or None when nothing
+    does."""
     missing = [k for k in ("metrics", "baselines", "groups") if k not in comparison]
     if missing:
         return f"it has no {missing[0]!r}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from utilgen.report.compare import mean_ci95
+from utilgen.report.comparison_stats import mean_ci95
 from utilgen.report.document import (
     Block,
     Figure,
@@ -28,7 +28,7 @@ from utilgen.report.document import (
     Table,
     Text,
 )
-from utilgen.report.efficiency import compare_to_static, ratio_text
+from utilgen.report.efficiency_curves import compare_to_static, ratio_text
 from utilgen.report.feedback_effect import control_effect, mann_whitney_greater, round_scores
 from utilgen.report.figures import (
     accuracy_vs_samples_figure,
@@ -282,7 +282,7 @@ def efficiency_points(curves: Sequence[tuple[ReportRun, Mapping[str, Any]]]) -> 
 
 def efficiency_ratio_table(curves: Sequence[Mapping[str, Any]]) -> Table | None:
     """Synthetic samples static and each other strategy need to reach static's final
-    accuracy (seed-mean curves), from :func:`utilgen.report.efficiency.compare_to_static`;
+    accuracy (seed-mean curves), from :func:`utilgen.report.efficiency_curves.compare_to_static`;
     None when no dataset has both a static and another curve."""
     rows = compare_to_static(curves)
     if not rows:

@@ -41,7 +41,7 @@ from utilgen.task import TaskModel
 from utilgen.task.checkpoint import load_checkpoint
 from utilgen.value.base import check_data, preserved_state
 from utilgen.value.composite import Composite, composite_utility
-from utilgen.value.scores import OutputScore, margin
+from utilgen.value.logit_scores import OutputScore, margin
 from utilgen.value.scoring import build_valuators
 from utilgen.value.similarity import Similarity, class_centroids, cosine_to_centroid
 from utilgen.value.vog import VoG, class_normalize

@@ -1,7 +1,7 @@
 """Utility valuation: per-sample scores from the task model, and the rules that select.
 
 Scores (one float64 per sample; see each module): ``marginal``, ``margin``, ``entropy`` and
-``loss`` (:mod:`~utilgen.value.scores`), ``vog`` (:mod:`~utilgen.value.vog`), ``similarity``
+``loss`` (:mod:`~utilgen.value.logit_scores`), ``vog`` (:mod:`~utilgen.value.vog`), ``similarity``
 (:mod:`~utilgen.value.similarity`), ``composite`` (:mod:`~utilgen.value.composite`) and
 ``meta_weight`` (:mod:`~utilgen.value.meta_weight`). :func:`score_samples` computes the
 configured ones as a table, :func:`record_scores` writes it to the run directory and the
@@ -10,6 +10,7 @@ manifest, a :class:`Selector` decides what is kept and :func:`apply_selection` r
 
 from utilgen.value.base import ValuationError, Valuator
 from utilgen.value.composite import Composite, composite_utility, normalize_per_class
+from utilgen.value.logit_scores import OutputScore, entropy, loss, margin, marginal
 from utilgen.value.meta_weight import (
     MetaWeight,
     MetaWeightResult,
@@ -24,7 +25,6 @@ from utilgen.value.record import (
     scores_path,
     selection_candidates,
 )
-from utilgen.value.scores import OutputScore, entropy, loss, margin, marginal
 from utilgen.value.scoring import build_valuators, score_samples, scored_samples
 from utilgen.value.selectors import (
     BottomK,

@@ -23,7 +23,7 @@ from utilgen.config.valuation import Normalization
 from utilgen.data.labelled import LabelledData
 from utilgen.task.base import TaskModel
 from utilgen.value.base import ValuationError, check_data
-from utilgen.value.scores import margin
+from utilgen.value.logit_scores import margin
 from utilgen.value.similarity import Similarity
 
 NORMALIZATIONS: tuple[str, ...] = ("minmax", "zscore")

@@ -22,8 +22,8 @@ from utilgen.data.labelled import LabelledData
 from utilgen.task.base import TaskModel
 from utilgen.value.base import ValuationError, Valuator, check_data
 from utilgen.value.composite import Composite
+from utilgen.value.logit_scores import OUTPUT_SCORES, OutputScore
 from utilgen.value.meta_weight import MetaWeight
-from utilgen.value.scores import OUTPUT_SCORES, OutputScore
 from utilgen.value.selectors import ScoredSamples
 from utilgen.value.similarity import Similarity
 from utilgen.value.vog import VoG

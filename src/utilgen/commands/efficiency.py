@@ -44,7 +44,7 @@ from utilgen.pool.lock import RunLock
 from utilgen.pool.schema import utility_column
 from utilgen.progress import progress_bar
 from utilgen.report import load_summary
-from utilgen.report.efficiency import DEFAULT_FRACTIONS, check_fractions
+from utilgen.report.efficiency_curves import DEFAULT_FRACTIONS, check_fractions
 from utilgen.task import evaluate, train
 from utilgen.task.train import Advance
 from utilgen.value.record import WEIGHT_COLUMN

@@ -3,7 +3,7 @@
 Run ``i`` of config ``c`` is ``run(c with seed=i)`` in ``OUT/<c.name>/seed-<i>/``; every run
 resumes like ``utilgen run`` does, so re-running the same command after a crash finishes
 what was left and recomputes only the comparison. The comparison (``OUT/comparison.json``
-and ``.md``, :mod:`utilgen.report.compare`) groups the runs by dataset and strategy.
+and ``.md``, :mod:`utilgen.report.comparison_stats`) groups the runs by dataset and strategy.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from utilgen.commands.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import ConfigError
-from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
 from utilgen.loop.results import Summary
 from utilgen.loop.run import RunResult, check_run
-from utilgen.report.compare import compare_summaries, write_comparison
+from utilgen.report.comparison_stats import compare_summaries, write_comparison
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run_comparison(
     configs: Sequence[RunConfig], out: str | Path, jobs: int = 1
 ) -> tuple[list[RunResult], dict[str, Any]]:
     """Run (or resume) every config into ``out/<name>/seed-<seed>/`` (``jobs`` runs at a time
-    in worker processes, :mod:`utilgen.loop.parallel`), then compare them and write
+    in worker processes, :mod:`utilgen.commands.parallel`), then compare them and write
     ``out/comparison.json`` and ``out/comparison.md``."""
     out = Path(out)
     planned = [PlannedRun(cfg, out / cfg.name / f"seed-{cfg.seed}") for cfg in configs]

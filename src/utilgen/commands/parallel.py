@@ -2,7 +2,7 @@
 
 ``utilgen demo`` and ``utilgen compare --jobs N`` hand their runs to :class:`WorkerPool`:
 ``N`` spawned processes, each with its share of the cores, fed by
-:func:`~utilgen.loop.schedule.run_jobs` (costliest chains first). :func:`run_jobs_for` makes
+:func:`~utilgen.commands.schedule.run_jobs` (costliest chains first). :func:`run_jobs_for` makes
 one job per run plus one per built-in generator the runs share, so a generator is trained
 once, by a job of its own, while the other workers run what does not need it.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from utilgen.commands.schedule import Job, run_jobs
 from utilgen.config import RunConfig
 from utilgen.loop.run import prepare, run
-from utilgen.loop.schedule import Job, run_jobs
 from utilgen.pool import RunLayout
 
 # Pretraining and adapting a built-in generator (demo settings, one thread), in the units of
@@ -120,7 +120,7 @@ class WorkerPool:
             )
 
     def run(self, jobs: Sequence[Job]) -> dict[str, Any]:
-        """Every job's result by key (:func:`~utilgen.loop.schedule.run_jobs`)."""
+        """Every job's result by key (:func:`~utilgen.commands.schedule.run_jobs`)."""
         return run_jobs(jobs, self._executor, self.jobs)
 
     def close(self) -> None:

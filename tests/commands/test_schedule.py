@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from utilgen.loop.schedule import Job, results_in_order, run_jobs, upward_ranks
+from utilgen.commands.schedule import Job, results_in_order, run_jobs, upward_ranks
 
 
 def _noop(x: Any = None) -> Any:

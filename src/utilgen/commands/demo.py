@@ -6,7 +6,7 @@ class: what synthetic data has to beat), ``static`` (plus one round of samples f
 prompts) and each utility-guided strategy that applies to it (digits: GenDataAgent,
 UtilGen and U-DPO with Diffusion-DPO; BBC News: U-DPO), each from its shipped preset with
 the demo's smaller budgets. It then measures sample efficiency (accuracy against number of
-synthetic samples, :mod:`utilgen.loop.efficiency`) of ``static`` and of the best
+synthetic samples, :mod:`utilgen.commands.efficiency`) of ``static`` and of the best
 utility-guided strategy per dataset, and writes ``DIR/comparison.json`` (per dataset and
 strategy: seeds, mean and 95% CI of ``accuracy`` and ``worst_class_ratio``, synthetic
 samples used, paired t-tests, and the sample-efficiency rows) and ``DIR/report.html`` /
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from utilgen.commands.efficiency import efficiency_curve
+from utilgen.commands.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
+from utilgen.commands.schedule import Job, results_in_order
 from utilgen.config import RunConfig, load_config, preset_path
-from utilgen.loop.efficiency import efficiency_curve
-from utilgen.loop.parallel import PlannedRun, WorkerPool, run_jobs_for, run_key
 from utilgen.loop.results import Summary
 from utilgen.loop.run import RunResult
-from utilgen.loop.schedule import Job, results_in_order
-from utilgen.report.compare import BASELINES, compare_summaries, write_comparison
-from utilgen.report.efficiency import compare_to_static
+from utilgen.report.comparison_stats import BASELINES, compare_summaries, write_comparison
+from utilgen.report.efficiency_curves import compare_to_static
 from utilgen.report.html import build_report
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _planned(out: Path, configs: Sequence[tuple[DemoEntry, int, RunConfig]]) -> 
 
 def run_demo(out: str | Path = "utilgen-demo", fast: bool = False, jobs: int = 1) -> DemoResult:
     """Run every demo entry over its seeds into ``out`` (``jobs`` runs at a time, critical
-    chains first: :mod:`utilgen.loop.schedule`), then compare, measure sample efficiency
+    chains first: :mod:`utilgen.commands.schedule`), then compare, measure sample efficiency
     and write ``out/comparison.json`` and ``out/report.html``."""
     out = Path(out)
     plan = demo_plan(fast)

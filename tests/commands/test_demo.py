@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from utilgen.loop.demo import (
+from utilgen.commands.demo import (
     DEMO_DATASETS,
     SEEDS,
     STRATEGIES,
@@ -77,8 +77,8 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
 
 
 def test_each_seeds_generator_is_one_job_the_digits_runs_wait_for(tmp_path: Path) -> None:
-    from utilgen.loop.demo import _planned
-    from utilgen.loop.parallel import run_jobs_for
+    from utilgen.commands.demo import _planned
+    from utilgen.commands.parallel import run_jobs_for
 
     plan = demo_plan(fast=False)
     configs = [(e, s, demo_config(e, s)) for e in plan for s in e.seeds]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from utilgen.errors import UtilgenError
-from utilgen.report.efficiency import (
+from utilgen.report.efficiency_curves import (
     compare_to_static,
     efficiency_ratio,
     mean_curve,

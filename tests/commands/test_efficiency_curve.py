@@ -11,19 +11,22 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_builtin import PER_CLASS, prepared
 
+from utilgen.commands import efficiency
+from utilgen.commands.efficiency import efficiency_curve, final_synthetic, nested_subsets
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import UtilgenError
-from utilgen.loop import efficiency
-from utilgen.loop.efficiency import efficiency_curve, final_synthetic, nested_subsets
 from utilgen.loop.run import run
 from utilgen.pool import PoolStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loop"))
+from tiny_builtin import PER_CLASS, prepared
 
 pytestmark = pytest.mark.usefixtures("quiet_one_thread")
 

@@ -1,7 +1,7 @@
 """Sample efficiency: how many synthetic samples a strategy needs to reach an accuracy.
 
 A curve is a list of points ``{"fraction", "n_synthetic", "accuracy", "worst_class_ratio"}``
-as :func:`utilgen.loop.efficiency.efficiency_curve` writes them to ``RUN/efficiency.json``:
+as :func:`utilgen.commands.efficiency.efficiency_curve` writes them to ``RUN/efficiency.json``:
 test accuracy of a task model retrained on the real training set plus a class-stratified
 ``fraction`` of the synthetic samples the run's final round trained on. The comparison the
 acceptance asks for is :func:`efficiency_ratio`: the synthetic samples ``static`` needs to

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from utilgen.cli import main
-from utilgen.report.compare import compare_summaries, mean_ci95, paired_test
+from utilgen.report.comparison_stats import compare_summaries, mean_ci95, paired_test
 
 
 def test_mean_ci95_known_answer() -> None:
