@@ -86,6 +86,18 @@ class LoopConfig(Section):
         description="Train each round on the kept synthetic samples of every round so far "
         "(GenDataAgent's on-the-fly data), not only the round's own.",
     )
+    continue_training: bool = Field(
+        False,
+        description="Each round fine-tunes the classifier from the previous round's last "
+        "checkpoint (round 1 from stage 1's) instead of training a fresh one: GenDataAgent's "
+        "on-the-fly training (Algorithm 1, line 16). Off: every round trains from the same "
+        "initialisation, so rounds compare like for like.",
+    )
+    continue_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="Epochs of a continued round (loop.continue_training); null: task.epochs.",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     plateau: PlateauConfig = Field(default_factory=PlateauConfig)
     device: str = Field(
@@ -104,6 +116,15 @@ class LoopConfig(Section):
     @classmethod
     def _device_is_spelled_right(cls, value: str) -> str:
         return check_device_spelling(value)
+
+    @model_validator(mode="after")
+    def _continue_epochs_need_continuing(self) -> LoopConfig:
+        if self.continue_epochs is not None and not self.continue_training:
+            raise ValueError(
+                "loop.continue_epochs sets the epochs of a continued round: set "
+                "loop.continue_training=true or drop loop.continue_epochs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _offline_fits(self) -> LoopConfig:

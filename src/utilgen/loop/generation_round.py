@@ -20,6 +20,7 @@ from utilgen.data import Splits
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
 from utilgen.generate import GenerationRequest, Generator, synthetic_id
+from utilgen.loop.continued import round_task_config
 from utilgen.loop.training_set import build_training_set
 from utilgen.pool import PoolStore, RoundLayout, Sample
 from utilgen.scale import on_backend, scorer_on_backend, trainer_on_backend
@@ -164,7 +165,8 @@ def run_generation_round(
     synthetic, evaluate.
 
     ``judge`` is the stage-1 real-data classifier (its checkpoints ``judge_checkpoints`` feed
-    VoG); ``student`` a freshly initialised task model (same seed as stage 1) trained here.
+    VoG); ``student`` the task model trained here: freshly initialised (same seed as stage
+    1), or with ``loop.continue_training`` the previous round's classifier.
     Returns the round's metrics.
     """
     cfg, splits = inputs.config, inputs.splits
@@ -200,14 +202,14 @@ def run_generation_round(
 
     valued_at = time.perf_counter()
 
-    # 5. train a fresh model on real + the round's synthetic samples (its kept ones, or
+    # 5. train the student on real + the round's synthetic samples (its kept ones, or
     # every round's with loop.accumulate, capped by loop.synthetic_ratio), evaluate
     chosen = build_training_set(store, cfg, splits, round_index, out)
     train_data = chosen.data
     result = trainer_on_backend(cfg)(
         student,
         train_data,
-        cfg.task,
+        round_task_config(cfg),
         weights=chosen.weights,
         val=splits.val,
         checkpoint_dir=RoundLayout(out).checkpoints,

@@ -48,6 +48,7 @@ from utilgen.feedback.component import RoundContext, active_components
 from utilgen.generate import GenerationRequest, Generator
 from utilgen.generate.factory import build_generator, static_requests
 from utilgen.generate.kinds import generator_kind
+from utilgen.loop.continued import continue_from_previous
 from utilgen.loop.generation_round import RoundInputs, run_generation_round, stage1_judge
 from utilgen.loop.offline import offline_samples
 from utilgen.loop.policy import round_requests
@@ -401,6 +402,11 @@ def _generation_round(
         requests = round_requests(context, prepared.requests)
         if round_index >= 2:
             optimisation = optimisation_calls(cfg, len(requests))
+    student = build_model(cfg, prepared.splits)
+    continued = None
+    if cfg.loop.continue_training:
+        # before anything is generated: a checkpoint that does not fit fails the round clean
+        continued = continue_from_previous(student, layout, round_index)
     inputs = RoundInputs(cfg, prepared.splits, generator, requests, prepared.imported, optimisation)
     metrics = run_generation_round(
         inputs,
@@ -408,9 +414,11 @@ def _generation_round(
         round_index=round_index,
         judge=judge,
         judge_checkpoints=judge_checkpoints,
-        student=build_model(cfg, prepared.splits),
+        student=student,
         out=out,
     )
+    if continued is not None:
+        metrics["continued_from"] = continued
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     fault_point("round.trained")
     write_json_atomic(layout.round(round_index).metrics, metrics)
