@@ -63,6 +63,11 @@ from tiny_lm import scripted_lm
 from tiny_sd import real_data, tiny_sd_pipeline
 
 
+def _per_class(**settings: object) -> HardSampleConfig:
+    """Hard-sample settings ranking within each class (the config's default is global)."""
+    return HardSampleConfig.model_validate({"scope": "per_class", **settings})
+
+
 @pytest.fixture(autouse=True)
 def _quiet(quiet_one_thread: None) -> Iterator[None]:
     yield
@@ -125,6 +130,55 @@ def test_parents_are_the_k_lowest_marginal_samples_of_each_class() -> None:
                 assert p.label == c and p.class_name == data.class_names[c]
                 assert data.ids[p.index] == p.id and data.labels[p.index] == c
                 assert p.marginal == pytest.approx(float(probs[p.index, c]), abs=1e-6)
+
+
+def test_global_parents_are_the_lowest_marginals_of_the_whole_training_set() -> None:
+    data = _digits3()
+    model = _small_cnn(data)
+    probs = model.predict_proba(data.items)
+    own = probs[np.arange(len(data)), data.labels].astype(np.float64)
+    # known answer: all samples ranked by marginal (ties by id), the k x 3 lowest
+    ranked = sorted((float(own[i]), data.ids[i]) for i in range(len(data)))
+    for k in (1, 2):
+        expected = {sample_id for _, sample_id in ranked[: k * 3]}
+        parents = hard_parents(model, data, k, scope="global")
+        assert sorted(parents) == [0, 1, 2]
+        picked = [p for members in parents.values() for p in members]
+        assert {p.id for p in picked} == expected
+        assert len(picked) == k * 3
+        for c, members in parents.items():
+            assert all(p.label == c for p in members)
+            assert [p.marginal for p in members] == sorted(p.marginal for p in members)
+
+
+def test_global_requests_spread_the_outputs_over_the_hardest_parents() -> None:
+    data = _digits3()
+    parents = {
+        0: [_parent(0, "zero", 0, 0.05, 0), _parent(0, "zero", 1, 0.30, 1)],
+        1: [_parent(1, "one", 0, 0.10, 2)],
+        2: [],  # an easy class: no parent, no sample this round
+    }
+    cfg = HardSampleConfig(k=1, captions=False, strengths=[0.5, 0.9])
+    assert cfg.scope == "global"
+    requests = hard_sample_requests(
+        parents, data, cfg=cfg, generator=_builtin_cfg(), per_class=2, seed=0, round_index=2
+    )
+    # 2 a class x 3 classes = 6 outputs, round-robin over the 3 parents, lowest first
+    assert [r.parent_id for r in requests] == ["toy/zero/0", "toy/one/0", "toy/zero/1"] * 2
+    assert [r.label for r in requests] == [0, 1, 0] * 2
+    assert [r.strength for r in requests] == [0.5, 0.5, 0.5, 0.9, 0.9, 0.9]
+    assert len({r.seed for r in requests}) == 6
+    with pytest.raises(FeedbackError, match="k >= 1"):
+        hard_sample_requests({0: [], 1: [], 2: []}, data, cfg=cfg, generator=_builtin_cfg(),
+                             per_class=2, seed=0, round_index=2)
+
+
+def test_global_k_cannot_ask_for_more_parents_than_samples() -> None:
+    data = _digits3()
+    with pytest.raises(FeedbackError, match=r"lower feedback\.hard_samples\.k") as err:
+        check_hard_sample_inputs(HardSampleConfig(k=len(data)), data, generator=_builtin_cfg(),
+                                 captions=None)
+    assert "\n" not in str(err.value)
 
 
 def test_equal_marginals_are_ordered_by_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +246,7 @@ def test_requests_visit_every_parent_before_any_twice_with_stable_distinct_seeds
         0: [_parent(0, "cat", 2, 0.1, 2), _parent(0, "cat", 0, 0.2, 0)],
         1: [_parent(1, "dog", 4, 0.3, 4), _parent(1, "dog", 3, 0.4, 3)],
     }
-    cfg = HardSampleConfig(k=2, strengths=[0.5, 0.75, 0.9], captions=False)
+    cfg = _per_class(k=2, strengths=[0.5, 0.75, 0.9], captions=False)
     gen = _builtin_cfg()
     requests = hard_sample_requests(
         parents, data, cfg=cfg, generator=gen, per_class=7, seed=3, round_index=2
@@ -241,17 +295,17 @@ def test_requests_need_captions_exactly_when_configured() -> None:
     parents = {0: [_parent(0, "cat", 0, 0.1, 0)], 1: [_parent(1, "dog", 3, 0.2, 3)]}
     gen = GeneratorConfig(kind="diffusers", per_class=2)
     with pytest.raises(FeedbackError, match="perturbed_parent_captions"):
-        hard_sample_requests(parents, data, cfg=HardSampleConfig(k=1), generator=gen,
+        hard_sample_requests(parents, data, cfg=_per_class(k=1), generator=gen,
                              per_class=2, seed=0, round_index=1)
     some = {"toy/cat/0": [ParentPrompt("c", "a photo of a cat, c", "t")]}
     with pytest.raises(FeedbackError, match="toy/dog/3"):  # a parent without prompts
-        hard_sample_requests(parents, data, cfg=HardSampleConfig(k=1), generator=gen,
+        hard_sample_requests(parents, data, cfg=_per_class(k=1), generator=gen,
                              per_class=2, seed=0, round_index=1, captions=some)
     with pytest.raises(FeedbackError, match="captions is false"):
-        hard_sample_requests(parents, data, cfg=HardSampleConfig(k=1, captions=False),
+        hard_sample_requests(parents, data, cfg=_per_class(k=1, captions=False),
                              generator=gen, per_class=2, seed=0, round_index=1, captions=some)
     # no captions with diffusers: the plain class prompt and the negative prompt
-    plain = hard_sample_requests(parents, data, cfg=HardSampleConfig(k=1, captions=False),
+    plain = hard_sample_requests(parents, data, cfg=_per_class(k=1, captions=False),
                                  generator=gen, per_class=1, seed=0, round_index=1)
     assert [r.prompt for r in plain] == ["a photo of a cat", "a photo of a dog"]
     assert all(r.negative_prompt == gen.diffusers.negative_prompt for r in plain)
@@ -286,7 +340,7 @@ def test_builtin_generator_samples_carry_parent_strength_and_marginal() -> None:
         gen_cfg.builtin, task_train=data, broad=None, device=torch.device("cpu"), seed=0,
         batch_size=8, progress=False,
     )
-    cfg = HardSampleConfig(k=2, strengths=[0.5, 0.9], captions=False)
+    cfg = _per_class(k=2, strengths=[0.5, 0.9], captions=False)
     check_hard_sample_inputs(cfg, data, generator=gen_cfg)
     parents = hard_parents(_small_cnn(data), data, cfg.k)
     requests = hard_sample_requests(
@@ -356,7 +410,7 @@ def _perturbation(**changes: object) -> CaptionPerturbationConfig:
 def test_stable_diffusion_img2img_samples_carry_parent_strength_and_caption() -> None:
     data = real_data(("cat", "dog"), per_class=3)
     gen_cfg = GeneratorConfig(kind="diffusers", per_class=4, diffusers=DiffusersConfig(steps=4))
-    cfg = HardSampleConfig(k=2, strengths=[0.5, 1.0])
+    cfg = _per_class(k=2, strengths=[0.5, 1.0])
     check_hard_sample_inputs(cfg, data, generator=gen_cfg, captions=CAPTIONS)
     parents = {
         0: [_parent(0, "cat", 1, 0.1, 1), _parent(0, "cat", 0, 0.2, 0)],
@@ -458,7 +512,7 @@ def test_k_above_a_class_size_is_refused_naming_the_class_and_its_size() -> None
         hard_parents(_small_cnn(data), data, 4)
     _one_line(err, "k=4", "3 real training", "'2'", "at most 3")
     with pytest.raises(FeedbackError) as err:
-        check_hard_sample_inputs(HardSampleConfig(k=4, captions=False), data,
+        check_hard_sample_inputs(_per_class(k=4, captions=False), data,
                                  generator=_builtin_cfg())
     _one_line(err, "'2'", "at most 3")
 
@@ -467,12 +521,12 @@ def test_inputs_that_cannot_work_are_refused_before_generation() -> None:
     data = real_data(("cat", "dog"), per_class=3)
     diffusers = GeneratorConfig(kind="diffusers", per_class=1, diffusers=DiffusersConfig(steps=4))
     cases = [
-        (HardSampleConfig(k=1), _builtin_cfg(), CAPTIONS, "built-in"),
-        (HardSampleConfig(k=1), diffusers, None, "captions_file"),
-        (HardSampleConfig(k=1), diffusers, CaptionTable(CAPTIONS.entries[:2]), "'dog'"),
-        (HardSampleConfig(k=1, strengths=[0.2]), diffusers, CAPTIONS, "denoising step"),
+        (_per_class(k=1), _builtin_cfg(), CAPTIONS, "built-in"),
+        (_per_class(k=1), diffusers, None, "captions_file"),
+        (_per_class(k=1), diffusers, CaptionTable(CAPTIONS.entries[:2]), "'dog'"),
+        (_per_class(k=1, strengths=[0.2]), diffusers, CAPTIONS, "denoising step"),
         (
-            HardSampleConfig(k=1),
+            _per_class(k=1),
             diffusers.model_copy(update={"diffusers": DiffusersConfig(
                 steps=4, prompt_template="{class} {caption}")}),
             CAPTIONS,
@@ -483,7 +537,7 @@ def test_inputs_that_cannot_work_are_refused_before_generation() -> None:
         with pytest.raises(FeedbackError) as err:
             check_hard_sample_inputs(cfg, data, generator=gen, captions=captions)
         _one_line(err, needle)
-    check_hard_sample_inputs(HardSampleConfig(k=3), data, generator=diffusers, captions=CAPTIONS)
+    check_hard_sample_inputs(_per_class(k=3), data, generator=diffusers, captions=CAPTIONS)
 
 
 DIGITS_HARD = {

@@ -76,21 +76,30 @@ def test_optimised_requests_in_round_two_and_restored_on_resume(
         assert len(store.manifest()) == len(manifest)
 
 
-def test_hard_sample_round_generates_around_the_lowest_marginal_digits(tmp_path: Path) -> None:
-    cfg = config("digits-hard-samples", "feedback.hard_samples.k=2")
+@pytest.mark.parametrize("scope", ["per_class", "global"])
+def test_hard_sample_round_generates_around_the_lowest_marginal_digits(
+    tmp_path: Path, scope: str
+) -> None:
+    cfg = config(
+        "digits-hard-samples", "feedback.hard_samples.k=2", f"feedback.hard_samples.scope={scope}"
+    )
     run_dir = tmp_path / "hard"
     first = prepared(cfg)
     run(cfg, run_dir, prepared=first)
     plan = json.loads((run_dir / "rounds/002/hard_samples.json").read_text())
     assert plan
 
-    # The parents are the 2 lowest-marginal training digits per class under round 1's model.
+    # The parents are the 2 lowest-marginal training digits per class under round 1's model
+    # (per_class), or the 2 x 10 lowest of all training digits (global).
     student = build_model(cfg, first.splits)
     load_checkpoint(student, list_checkpoints(run_dir / "rounds/001/checkpoints")[-1])
     train = first.splits.train
     p = student.predict_proba(train.items)[np.arange(len(train)), train.labels]
     expected: set[str] = set()
-    for c in range(train.num_classes):
+    if scope == "global":
+        order = sorted(range(len(train)), key=lambda i: (p[i], train.ids[i]))
+        expected.update(train.ids[i] for i in order[:20])
+    for c in range(train.num_classes if scope == "per_class" else 0):
         idx = np.flatnonzero(train.labels == c)
         order = sorted(idx, key=lambda i: (p[i], train.ids[i]))
         expected.update(train.ids[i] for i in order[:2])
@@ -104,7 +113,9 @@ def test_hard_sample_round_generates_around_the_lowest_marginal_digits(tmp_path:
 
 
 def test_k_above_a_class_size_fails_before_anything_is_written(tmp_path: Path) -> None:
-    cfg = config("digits-hard-samples", "feedback.hard_samples.k=6")
+    cfg = config(
+        "digits-hard-samples", "feedback.hard_samples.k=6", "feedback.hard_samples.scope=per_class"
+    )
     with pytest.raises(FeedbackError, match="k") as info:
         prepare(cfg)
     assert "\n" not in str(info.value)

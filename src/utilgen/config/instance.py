@@ -36,8 +36,17 @@ class HardSampleConfig(Section):
     k: int = Field(
         5,
         ge=1,
-        description="Real training samples per class, those with the lowest marginal "
-        "p(y|x), used as img2img parents (must not exceed the smallest class).",
+        description="Parents per class: scope=per_class takes the k lowest-marginal real "
+        "training samples of each class (k must not exceed the smallest class); "
+        "scope=global the k x (number of classes) lowest of the whole training set, the same "
+        "number of parents.",
+    )
+    scope: Literal["global", "per_class"] = Field(
+        "global",
+        description="Where the lowest marginals are ranked. global: over the whole training "
+        "set, as GenDataAgent ranks all samples (Sec. 2.2), so hard classes get more parents "
+        "and a class with none gets no samples that round; per_class: within each class, so "
+        "every class is generated around.",
     )
     strengths: list[float] = Field(
         default_factory=lambda: [0.5, 0.75, 0.9],

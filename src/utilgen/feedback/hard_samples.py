@@ -19,13 +19,14 @@ The work is split so that each step can be tested and resumed on its own:
 5. :func:`write_hard_sample_plan` / :func:`read_hard_sample_plan` keep steps 2–3 in the run
    directory, so a resumed round asks for exactly the same requests.
 
-Departures from the paper: GenDataAgent ranks the whole training set and keeps the k lowest;
-here the k lowest are taken per class (issue 8), so every class is generated around. The
-paper fixes one strength per experiment; here requests cycle through the configured ones.
-What the LM perturbs is the whole class prompt ``"a photo of a {class}, which is
-{caption}"``, as in the paper's user prompt; the text before its first comma is kept
-verbatim (:mod:`utilgen.generate.perturb`), so the class text (a textual-inversion token,
-a ``prompt_map`` entry) survives the rewrite.
+Ranking scope (``cfg.scope``): GenDataAgent ranks the whole training set and keeps the k
+lowest (``global``, the default; here k x classes, so both scopes pick as many parents);
+``per_class`` takes the k lowest of each class, so every class is generated around.
+Departures from the paper: it fixes one strength per experiment; here requests cycle
+through the configured ones. What the LM perturbs is the whole class prompt ``"a photo
+of a {class}, which is {caption}"``, as in the paper's user prompt; the text before its
+first comma is kept verbatim (:mod:`utilgen.generate.perturb`), so the class text (a
+textual-inversion token, a ``prompt_map`` entry) survives the rewrite.
 """
 
 from __future__ import annotations
@@ -137,7 +138,14 @@ def check_hard_sample_inputs(
             f"feedback.hard_samples generates img2img around real images, but the data are "
             f"{real_train.modality}s; remove hard_samples from feedback.components"
         )
-    _check_class_sizes(cfg.k, real_train)
+    if cfg.scope == "per_class":
+        _check_class_sizes(cfg.k, real_train)
+    elif cfg.k * real_train.num_classes > len(real_train):
+        raise FeedbackError(
+            f"feedback.hard_samples.k={cfg.k} asks for {cfg.k * real_train.num_classes} parents "
+            f"(k x {real_train.num_classes} classes) from {len(real_train)} real training "
+            "samples; lower feedback.hard_samples.k"
+        )
     _check_image_generator(generator)
     if generator.kind == "diffusers":
         steps = generator.diffusers.steps
@@ -182,41 +190,64 @@ def check_hard_sample_inputs(
 # 2. the parents -------------------------------------------------------------------------
 
 
-def hard_parents(model: TaskModel, real_train: LabelledData, k: int) -> dict[int, list[HardParent]]:
-    """Per class label, the ``k`` real training samples with the lowest marginal p(y|x)
-    under ``model``, lowest first (equal marginals: smaller id first).
+def hard_parents(
+    model: TaskModel, real_train: LabelledData, k: int, *, scope: str = "per_class"
+) -> dict[int, list[HardParent]]:
+    """Per class label, its parents among the real training samples with the lowest
+    marginal p(y|x) under ``model``, lowest first (equal marginals: smaller id first).
 
-    Every class of ``real_train`` has an entry, in label order.
+    ``scope="per_class"``: the ``k`` lowest of each class. ``scope="global"``: the
+    ``k x (number of classes)`` lowest of the whole training set (GenDataAgent ranks all
+    samples), grouped by class, so a class may have more than ``k`` parents or none. Every
+    class of ``real_train`` has an entry, in label order.
 
     Raises:
-        FeedbackError: a class has fewer than ``k`` samples, or ``k < 1``.
+        FeedbackError: ``k < 1``, or (per class) a class has fewer than ``k`` samples.
     """
     if k < 1:
         raise FeedbackError(f"feedback.hard_samples.k must be >= 1, got {k}")
-    _check_class_sizes(k, real_train)
+    if scope == "per_class":
+        _check_class_sizes(k, real_train)
     scores = OutputScore("marginal").score(model, real_train)
-    out: dict[int, list[HardParent]] = {}
-    for label, name in enumerate(real_train.class_names):
-        members = np.flatnonzero(real_train.labels == label)
-        order = members[
-            rank_order(scores[members], [real_train.ids[i] for i in members], highest_first=False)
-        ]
-        out[label] = [
+
+    def lowest(members: np.ndarray, n: int) -> list[int]:
+        order = rank_order(
+            scores[members], [real_train.ids[i] for i in members], highest_first=False
+        )
+        return [int(i) for i in members[order][:n]]
+
+    if scope == "global":
+        every = np.arange(len(real_train))
+        chosen = lowest(every, k * real_train.num_classes)
+        picked = {
+            label: [i for i in chosen if real_train.labels[i] == label]
+            for label in range(real_train.num_classes)
+        }
+    else:
+        picked = {
+            label: lowest(np.flatnonzero(real_train.labels == label), k)
+            for label in range(real_train.num_classes)
+        }
+    out = {
+        label: [
             HardParent(
                 id=real_train.ids[i],
                 label=label,
-                class_name=name,
+                class_name=real_train.class_names[label],
                 marginal=float(scores[i]),
-                index=int(i),
+                index=i,
             )
-            for i in order[:k]
+            for i in picked[label]
         ]
-    chosen = [p.marginal for members in out.values() for p in members] or [float("nan")]
+        for label in range(real_train.num_classes)
+    }
+    marginals = [p.marginal for members in out.values() for p in members] or [float("nan")]
     log.info(
-        "hard samples: %d parent(s) per class, marginal p(y|x) from %.3g to %.3g",
-        k,
-        min(chosen),
-        max(chosen),
+        "hard samples (%s): %d parent(s), marginal p(y|x) from %.3g to %.3g",
+        scope,
+        sum(len(m) for m in out.values()),
+        min(marginals),
+        max(marginals),
     )
     return out
 
@@ -319,6 +350,40 @@ def prompt_and_strength(t: int, num_prompts: int, num_strengths: int) -> tuple[i
     return t % num_prompts, (t + block) % num_strengths
 
 
+def _output_slots(
+    parents: Mapping[int, Sequence[HardParent]],
+    real_train: LabelledData,
+    per_class: int,
+    scope: str,
+) -> list[tuple[HardParent, int, str, int]]:
+    """(parent, its output t, seed key, output j under that key) of every request.
+
+    Per class: output j of a class (j < per_class) goes to its parent ``j mod k``, keyed
+    ``hard-sample/<class>``. Global: output j of ``per_class x classes`` goes to parent
+    ``j mod P`` of all P parents ranked by marginal (lowest first, ties by id), keyed
+    ``hard-sample/global``: the same number of samples, spread over the hardest parents
+    whatever their class.
+    """
+    if scope == "global":
+        every = sorted(
+            (p for members in parents.values() for p in members), key=lambda p: (p.marginal, p.id)
+        )
+        if not every:
+            raise FeedbackError("no hard-sample parents were picked; pick them with k >= 1")
+        total = per_class * real_train.num_classes
+        return [
+            (every[j % len(every)], j // len(every), "hard-sample/global", j) for j in range(total)
+        ]
+    slots = []
+    for label in sorted(parents):
+        members = list(parents[label])
+        if not members:
+            raise FeedbackError(f"class {label} has no hard-sample parents; pick them with k >= 1")
+        key = f"hard-sample/{real_train.class_names[label]}"
+        slots += [(members[j % len(members)], j // len(members), key, j) for j in range(per_class)]
+    return slots
+
+
 def hard_sample_requests(
     parents: Mapping[int, Sequence[HardParent]],
     real_train: LabelledData,
@@ -330,14 +395,15 @@ def hard_sample_requests(
     round_index: int,
     captions: Mapping[str, Sequence[ParentPrompt]] | None = None,
 ) -> list[GenerationRequest]:
-    """``per_class`` one-output img2img requests per class around its parents, class by class.
+    """``per_class`` one-output img2img requests per class around the parents (on average,
+    with ``cfg.scope=global``), in the order of :func:`_output_slots`.
 
-    Order: output j of a class (j = 0 .. per_class - 1) goes to parent ``j mod k`` (parents
-    lowest marginal first), as that parent's output t = ``j div k``; so every parent gets a
-    request before any gets a second, and with per_class < k only the hardest per_class
-    parents are used. Output t of a parent takes its prompt and strength from
-    :func:`prompt_and_strength` (m prompts: its ``captions`` entry, or one class prompt when
-    ``cfg.captions`` is false).
+    Per class: output j of a class (j = 0 .. per_class - 1) goes to parent ``j mod k``
+    (parents lowest marginal first), as that parent's output t = ``j div k``; so every parent
+    gets a request before any gets a second, and with per_class < k only the hardest
+    per_class parents are used. Global: the same over all parents at once. Output t of a
+    parent takes its prompt and strength from :func:`prompt_and_strength` (m prompts: its
+    ``captions`` entry, or one class prompt when ``cfg.captions`` is false).
 
     Each request: ``init_image`` the parent's image, ``strength``, ``parent_id`` the parent's
     id, ``prompt`` the (perturbed) caption prompt, or without captions the plain class prompt
@@ -368,47 +434,42 @@ def hard_sample_requests(
     texts = {} if builtin else class_texts(real_train.class_names, generator.diffusers)
     strengths = list(cfg.strengths)
     requests: list[GenerationRequest] = []
-    for label in sorted(parents):
-        members = list(parents[label])
-        if not members:
-            raise FeedbackError(f"class {label} has no hard-sample parents; pick them with k >= 1")
-        name = real_train.class_names[label]
-        for j in range(per_class):
-            parent = members[j % len(members)]
-            if captions is not None:
-                prompts = list(captions.get(parent.id, ()))
-                if not prompts:
-                    raise FeedbackError(
-                        f"no perturbed caption for hard-sample parent {parent.id!r}; make the "
-                        "captions for the same parents (perturbed_parent_captions)"
-                    )
-            elif builtin:
-                prompts = [ParentPrompt("", name, "")]
-            else:
-                plain = class_prompt(texts[name], "", generator.diffusers)
-                prompts = [ParentPrompt("", plain, "")]
-            p, s = prompt_and_strength(j // len(members), len(prompts), len(strengths))
-            chosen = prompts[p]
-            requests.append(
-                GenerationRequest(
-                    label=label,
-                    class_name=name,
-                    seed=request_seed(seed, round_index, f"hard-sample/{name}", j),
-                    prompt=chosen.prompt,
-                    negative_prompt="" if builtin else generator.diffusers.negative_prompt,
-                    guidance_scale=generator.builtin.guidance_scale if builtin else None,
-                    num_inference_steps=generator.builtin.steps if builtin else None,
-                    init_image=np.asarray(real_train.items[parent.index]),
-                    strength=float(strengths[s]),
-                    parent_id=parent.id,
-                    perturbation=chosen.perturbation,
-                    metadata={
-                        "hard_sample": True,
-                        "parent_marginal": parent.marginal,
-                        "caption": chosen.caption,
-                    },
+    for parent, t, key, j in _output_slots(parents, real_train, per_class, cfg.scope):
+        name = parent.class_name
+        if captions is not None:
+            prompts = list(captions.get(parent.id, ()))
+            if not prompts:
+                raise FeedbackError(
+                    f"no perturbed caption for hard-sample parent {parent.id!r}; make the "
+                    "captions for the same parents (perturbed_parent_captions)"
                 )
+        elif builtin:
+            prompts = [ParentPrompt("", name, "")]
+        else:
+            plain = class_prompt(texts[name], "", generator.diffusers)
+            prompts = [ParentPrompt("", plain, "")]
+        p, s = prompt_and_strength(t, len(prompts), len(strengths))
+        chosen = prompts[p]
+        requests.append(
+            GenerationRequest(
+                label=parent.label,
+                class_name=name,
+                seed=request_seed(seed, round_index, key, j),
+                prompt=chosen.prompt,
+                negative_prompt="" if builtin else generator.diffusers.negative_prompt,
+                guidance_scale=generator.builtin.guidance_scale if builtin else None,
+                num_inference_steps=generator.builtin.steps if builtin else None,
+                init_image=np.asarray(real_train.items[parent.index]),
+                strength=float(strengths[s]),
+                parent_id=parent.id,
+                perturbation=chosen.perturbation,
+                metadata={
+                    "hard_sample": True,
+                    "parent_marginal": parent.marginal,
+                    "caption": chosen.caption,
+                },
             )
+        )
     return requests
 
 

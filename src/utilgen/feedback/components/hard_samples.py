@@ -76,7 +76,7 @@ class HardSampleFeedback(FeedbackComponent):
         if plan.exists():
             parents, prompts = read_hard_sample_plan(plan)
         else:
-            parents = hard_parents(ctx.scorer(hs.scorer), ctx.splits.train, hs.k)
+            parents = hard_parents(ctx.scorer(hs.scorer), ctx.splits.train, hs.k, scope=hs.scope)
             prompts = _perturbed_captions(ctx, parents) if hs.captions else None
             write_hard_sample_plan(plan, parents, prompts)
         return hard_sample_requests(
