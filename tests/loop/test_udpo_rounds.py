@@ -1,8 +1,9 @@
 """Two rounds with U-DPO feedback through the run engine, on a tiny Llama from config.
 
 Round 1's texts (word salad from a random two-layer Llama, which is all the mechanics need)
-are scored by the stage-1 BBC classifier; within each 2-shot prompt the best text is paired
-with a middle one; DPO trains every weight (the preset's setting) or a LoRA adapter that is
+are scored by the stage-1 BBC classifier; within each 2-shot prompt the text of the highest
+margin is paired with a middle one, weighted by the gap in composite utility (the preset's
+U-DPO scheme); DPO trains every weight (the preset's setting) or a LoRA adapter that is
 merged into the generator before round 2. The tests check that round 2's provenance names
 the trained weights, and that a run interrupted after the feedback restores what was saved
 instead of training.
@@ -15,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -42,8 +44,8 @@ def config(*sets: str) -> RunConfig:
             f"generator.per_class={PER_CLASS}",
             "generator.lm.max_new_tokens=8", "generator.text_filters.min_words=0",
             "generator.text_filters.drop_exact_duplicates=false",
-            "generator.text_filters.copy_ngram=0", "valuation.scores=[margin]",
-            "feedback.pairs.score=margin", "feedback.dpo.epochs=1", *sets,
+            "generator.text_filters.copy_ngram=0",
+            "valuation.scores=[similarity, margin, composite]", "feedback.dpo.epochs=1", *sets,
         ],
     )
 
@@ -81,6 +83,14 @@ def test_udpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     # both texts of a pair answer the same prompt (U-DPO pairs within a prompt)
     assert (manifest.loc[pairs["chosen_id"], "prompt"].to_numpy() == pairs["prompt"]).all()
     assert (manifest.loc[pairs["rejected_id"], "prompt"].to_numpy() == pairs["prompt"]).all()
+    # the preset's U-DPO pairs: ranked by margin, weighted by tanh(|delta composite|)
+    scores = pd.read_parquet(run_dir / "rounds/001/scores.parquet").set_index("id")
+    chosen, rejected = scores.loc[pairs["chosen_id"]], scores.loc[pairs["rejected_id"]]
+    assert (pairs["chosen_utility"].to_numpy() == chosen["margin"].to_numpy()).all()
+    assert (pairs["rejected_utility"].to_numpy() == rejected["margin"].to_numpy()).all()
+    composite_gap = chosen["composite"].to_numpy() - rejected["composite"].to_numpy()
+    assert pairs["weight_gap"].to_numpy() == pytest.approx(composite_gap)
+    assert pairs["weight"].to_numpy() == pytest.approx(np.tanh(np.abs(composite_gap)))
     result = json.loads((run_dir / "rounds/001/adapters/dpo/result.json").read_text())
     # the preset fine-tunes every weight (U-DPO's setting); the LoRA path is tested below
     assert result["tag"].startswith("full:") and not result["lora"]
@@ -97,7 +107,7 @@ def test_udpo_feedback_between_two_rounds(tmp_path: Path) -> None:
     treated = pd.read_parquet(run_dir / "rounds/002/scores.parquet")
     effect = json.loads((run_dir / "feedback_effect.json").read_text())["control"]
     assert effect["n_paired"] == len(set(treated["id"]) & set(control[control["kept"]]["id"]))
-    assert effect["n_paired"] > 0 and effect["tests"].keys() == {"margin"}
+    assert effect["n_paired"] > 0 and effect["tests"].keys() == {"margin", "similarity"}
 
 
 @pytest.mark.parametrize("lora", [True, False])

@@ -30,12 +30,21 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
 class PreferencePairConfig(Section):
-    """Preference pairs from utility: rank each group's samples, pair top with middle/bottom."""
+    """Preference pairs from utility: rank each group's samples by ``score``, pair top with
+    middle/bottom, weigh each pair by its gap in ``weight_score``."""
 
     score: str = Field(
         "composite",
-        description="The valuation score that ranks samples (one of valuation.scores; higher "
-        "is better): composite for U-DPO, meta_weight for UtilGen.",
+        description="The valuation score that ranks samples and so decides which sample of "
+        "a pair is preferred (one of valuation.scores; higher is better): margin for U-DPO "
+        "(Sec. 3.3), meta_weight for UtilGen.",
+    )
+    weight_score: str | None = Field(
+        None,
+        description="The valuation score whose gap weighs a pair, tanh(|w(x+) - w(x-)|) (one "
+        "of valuation.scores): composite for U-DPO (Sec. 3.4, Eq. 5: ranked by margin, "
+        "weighted by r_util). None: the ranking score, so that rank and weight come from "
+        "one score.",
     )
     scheme: PairScheme = Field(
         "top-mid",
@@ -50,7 +59,9 @@ class PreferencePairConfig(Section):
         "dispreferred); at least one pair per group of two or more.",
     )
     weighted: bool = Field(
-        True, description="Pair weight tanh(|r(x+) - r(x-)|) (U-DPO Eq. 5); false: weight 1."
+        True,
+        description="Pair weight tanh(|w(x+) - w(x-)|) of weight_score (U-DPO Eq. 5); "
+        "false: weight 1.",
     )
     group_by: PairGrouping = Field(
         "auto",
@@ -58,7 +69,10 @@ class PreferencePairConfig(Section):
         "texts of a pair answer the same prompt; auto: prompt for texts, class for images.",
     )
     min_gap: float = Field(
-        0.0, ge=0.0, description="Pairs whose utility gap is not above this are dropped."
+        0.0,
+        ge=0.0,
+        description="Pairs whose gap in the ranking score (score, not weight_score) is not "
+        "above this are dropped: a tie in the ranking carries no preference.",
     )
 
 

@@ -3,7 +3,8 @@
 Between round r and round r+1 (:func:`apply_model_feedback`):
 
 1. the round's kept samples, ranked by ``feedback.pairs.score`` from its
-   ``rounds/NNN/scores.parquet``, become preference pairs (``rounds/NNN/pairs.parquet``);
+   ``rounds/NNN/scores.parquet`` (and weighted by ``feedback.pairs.weight_score``'s gap),
+   become preference pairs (``rounds/NNN/pairs.parquet``);
 2. the generator is fine-tuned on them: U-DPO for a causal LM (a LoRA adapter, merged into
    the weights afterwards so that the next round's DPO starts from the updated policy as
    its reference), Diffusion-DPO for the built-in diffusion model or a diffusers pipeline;
@@ -32,7 +33,13 @@ from PIL import Image
 from utilgen.config import RunConfig
 from utilgen.errors import UtilgenError
 from utilgen.faults import fault_point
-from utilgen.feedback.pairs import build_pairs, read_pairs, write_pairs
+from utilgen.feedback.pairs import (
+    WEIGHT_COLUMN,
+    build_pairs,
+    describe_pairs,
+    read_pairs,
+    write_pairs,
+)
 from utilgen.feedback.training_log import RESULT_FILE
 from utilgen.generate import Generator
 from utilgen.pool import PoolStore, RunLayout
@@ -42,8 +49,12 @@ from utilgen.registry import DPO_TRAINERS
 log = logging.getLogger(__name__)
 
 
-def scored_table(store: PoolStore, run_dir: Path, round_index: int, score: str) -> pd.DataFrame:
-    """The round's scored samples: id, label, class_name, prompt and ``utility`` = ``score``."""
+def scored_table(
+    store: PoolStore, run_dir: Path, round_index: int, score: str, weight_score: str | None = None
+) -> pd.DataFrame:
+    """The round's scored samples: id, label, class_name, prompt, ``utility`` = ``score``
+    (the ranking score) and, when ``weight_score`` names another score, ``weight_utility``
+    = ``weight_score`` (the score whose gap weighs a pair)."""
     path = RunLayout(run_dir).round(round_index).scores
     if not path.exists():
         raise UtilgenError(
@@ -51,14 +62,21 @@ def scored_table(store: PoolStore, run_dir: Path, round_index: int, score: str) 
             "set valuation.scores"
         )
     scores = pd.read_parquet(path)
-    if score not in scores.columns:
-        raise UtilgenError(
-            f"{path} has no {score!r} column (it has {[c for c in scores.columns if c != 'id']}); "
-            "set feedback.pairs.score to one of valuation.scores"
-        )
+    wanted = {"score": score}
+    if weight_score is not None and weight_score != score:
+        wanted["weight_score"] = weight_score
+    for key, name in wanted.items():
+        if name not in scores.columns:
+            raise UtilgenError(
+                f"{path} has no {name!r} column (it has "
+                f"{[c for c in scores.columns if c != 'id']}); set feedback.pairs.{key} to one "
+                "of valuation.scores"
+            )
     manifest = store.manifest().set_index("id")
     rows = manifest.loc[scores["id"], ["label", "class_name", "prompt"]].reset_index()
     rows["utility"] = scores[score].to_numpy()
+    if "weight_score" in wanted:
+        rows[WEIGHT_COLUMN] = scores[wanted["weight_score"]].to_numpy()
     return rows
 
 
@@ -69,7 +87,9 @@ def round_pairs(
     path = RunLayout(run_dir).round(round_index).pairs
     if path.exists():
         return read_pairs(path)
-    table = scored_table(store, run_dir, round_index, config.feedback.pairs.score)
+    table = scored_table(
+        store, run_dir, round_index, config.feedback.pairs.score, config.feedback.pairs.weight_score
+    )
     modality = store.modality or "image"
     pairs = build_pairs(table, config.feedback.pairs, modality=modality)
     from accelerate import PartialState
@@ -78,11 +98,13 @@ def round_pairs(
     if PartialState().is_main_process:
         write_pairs(pairs, path)
     log.info(
-        "round %d: %d preference pairs (%s, mean weight %.3f)",
+        "round %d: %d preference pairs (%s; mean weight %.3f; %d with x+ below x- in the "
+        "weight score)",
         round_index,
         len(pairs),
-        config.feedback.pairs.scheme,
+        describe_pairs(config.feedback.pairs),
         float(pairs["weight"].mean()),
+        int((pairs["weight_gap"] < 0).sum()),
     )
     return pairs
 
@@ -177,8 +199,8 @@ class LMDPOTrainer:
         return (
             f"U-DPO ({tuning}), {lm.epochs} epoch(s) over the round's preference pairs, "
             f"{lm.batch_size} pair(s) a step x {lm.gradient_accumulation_steps} accumulation "
-            f"(the pair count is known once the round is scored), pairs ranked by "
-            f"{fb.pairs.score}"
+            f"(the pair count is known once the round is scored), "
+            f"{describe_pairs(fb.pairs)}"
         )
 
     def train(
@@ -248,8 +270,8 @@ class DiffusionDPOTrainer:
         d, fb = config.feedback.diffusion_dpo, config.feedback
         return (
             f"Diffusion-DPO ({d.method}), {d.steps} optimiser steps of {d.batch_size} "
-            f"pair(s) x {d.gradient_accumulation_steps} accumulation, pairs ranked by "
-            f"{fb.pairs.score}"
+            f"pair(s) x {d.gradient_accumulation_steps} accumulation, "
+            f"{describe_pairs(fb.pairs)}"
         )
 
     def train(

@@ -1,17 +1,26 @@
 """Preference pairs from utility: the data of model-level feedback.
 
 Within each group of generated samples (a class, or a class and prompt so that both texts
-of a pair answer the same prompt), samples are ranked by a utility score, best first (ties
-broken by id, so the ranking is deterministic). With k = max(1, floor(rho * n)):
+of a pair answer the same prompt), samples are ranked by the ranking score
+(``feedback.pairs.score``), best first (ties broken by id, so the ranking is deterministic).
+With k = max(1, floor(rho * n)):
 
 * ``top-mid`` (U-DPO, Sec. 3.3): the top k are preferred, the k around the median
   dispreferred: "high-scoring samples as x+ and mid-scoring samples as x-";
 * ``top-bottom`` (UtilGen): the top k preferred, the bottom k dispreferred.
 
 The i-th preferred sample is paired with the i-th dispreferred one (both in ranked order),
-so every pair spans about the same rank gap. A pair's weight is tanh(|r(x+) - r(x-)|)
-(U-DPO Eq. 5) or 1 when unweighted; pairs whose gap is not above ``min_gap`` are dropped (a
-tie carries no preference). Pairs are written to ``RUN/rounds/NNN/pairs.parquet``.
+so every pair spans about the same rank gap. A pair's weight is tanh(|w(x+) - w(x-)|) (U-DPO
+Eq. 5) or 1 when unweighted, where w is the weight score (``feedback.pairs.weight_score``;
+unset: the ranking score). U-DPO ranks by the classifier margin and weighs by the composite
+r_util (Sec. 3.3-3.4), so the two can differ, and then a pair's weight gap may even be
+negative (x+ has the higher margin but the lower r_util): Eq. 5 takes its absolute value.
+
+Columns of a pair: ``chosen_utility``/``rejected_utility`` and ``gap`` are the ranking
+score and its difference (always > 0 after the tie filter); ``weight_gap`` is w(x+) - w(x-)
+(equal to ``gap`` when the weight score is the ranking score); ``weight`` is the weight.
+Pairs whose ranking gap is not above ``min_gap`` are dropped (a tie carries no preference).
+Pairs are written to ``RUN/rounds/NNN/pairs.parquet``.
 """
 
 from __future__ import annotations
@@ -39,9 +48,12 @@ PAIR_COLUMNS = [
     "chosen_utility",
     "rejected_utility",
     "gap",
+    "weight_gap",
     "weight",
 ]
 INPUT_COLUMNS = ["id", "label", "class_name", "prompt", "utility"]
+# The weight score's column, needed when cfg.weight_score names a score other than cfg.score.
+WEIGHT_COLUMN = "weight_utility"
 
 
 class PairError(UtilgenError):
@@ -69,37 +81,63 @@ def _grouping(cfg: PreferencePairConfig, modality: str) -> str:
     return "prompt" if modality == "text" else "class"
 
 
+def weight_column(cfg: PreferencePairConfig) -> str:
+    """The input column whose gap weighs a pair: ``utility`` when the ranking score is also
+    the weight score, :data:`WEIGHT_COLUMN` otherwise."""
+    if cfg.weight_score is None or cfg.weight_score == cfg.score:
+        return "utility"
+    return WEIGHT_COLUMN
+
+
+def describe_pairs(cfg: PreferencePairConfig) -> str:
+    """How pairs are ranked and weighed, for ``--dry-run`` and logs."""
+    if not cfg.weighted:
+        weight = "each weighing 1"
+    else:
+        weight = f"weighted by tanh(|delta {cfg.weight_score or cfg.score}|)"
+    return f"pairs ranked by {cfg.score} ({cfg.scheme}, rho {cfg.ratio}), {weight}"
+
+
+def _check_finite(table: pd.DataFrame, column: str, score: str) -> None:
+    values = table[column].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = table.loc[~np.isfinite(values), "id"].iloc[0]
+        raise PairError(
+            f"sample {bad!r} has a non-finite {score}; preference pairs need a finite score "
+            "for every sample"
+        )
+
+
 def build_pairs(table: pd.DataFrame, cfg: PreferencePairConfig, *, modality: str) -> pd.DataFrame:
     """Preference pairs from a table of scored samples.
 
     Args:
         table: one row per sample with columns ``id``, ``label`` (int), ``class_name``,
-            ``prompt`` and ``utility`` (float, higher is better).
-        cfg: scheme, ratio rho, weighting, grouping and minimum gap.
+            ``prompt`` and ``utility`` (the ranking score ``cfg.score``, float, higher is
+            better); also ``weight_utility`` (the weight score) when ``cfg.weight_score``
+            names another score.
+        cfg: ranking and weight scores, scheme, ratio rho, weighting, grouping, minimum gap.
         modality: ``image`` or ``text`` (picks the grouping when ``cfg.group_by`` is auto).
 
     Returns:
         one row per pair, columns :data:`PAIR_COLUMNS`, ordered by label, group and rank.
 
     Raises:
-        PairError: a missing column, a non-finite utility, a class with fewer than two
+        PairError: a missing column, a non-finite score, a class with fewer than two
             samples, or no pair left after dropping ties.
     """
-    missing = [c for c in INPUT_COLUMNS if c not in table.columns]
+    weight_col = weight_column(cfg)
+    needed = INPUT_COLUMNS if weight_col == "utility" else [*INPUT_COLUMNS, weight_col]
+    missing = [c for c in needed if c not in table.columns]
     if missing:
         raise PairError(
-            f"preference pairs need columns {INPUT_COLUMNS}; missing {missing}: score the "
-            "samples first"
+            f"preference pairs need columns {needed}; missing {missing}: score the samples first"
         )
     if table.empty:
         raise PairError("no scored samples to build preference pairs from; generate and score")
-    utility = table["utility"].to_numpy(dtype=np.float64)
-    if not np.isfinite(utility).all():
-        bad = table.loc[~np.isfinite(utility), "id"].iloc[0]
-        raise PairError(
-            f"sample {bad!r} has a non-finite utility ({cfg.score}); preference pairs need "
-            "a finite score for every sample"
-        )
+    _check_finite(table, "utility", cfg.score)
+    if weight_col != "utility":
+        _check_finite(table, weight_col, str(cfg.weight_score))
     counts = table.groupby("class_name", sort=True).size()
     lonely = counts[counts < 2]
     if len(lonely):
@@ -117,6 +155,7 @@ def build_pairs(table: pd.DataFrame, cfg: PreferencePairConfig, *, modality: str
             gap = float(chosen["utility"]) - float(rejected["utility"])
             if gap <= cfg.min_gap:
                 continue
+            weight_gap = float(chosen[weight_col]) - float(rejected[weight_col])
             rows.append(
                 {
                     "class_name": str(chosen["class_name"]),
@@ -128,13 +167,14 @@ def build_pairs(table: pd.DataFrame, cfg: PreferencePairConfig, *, modality: str
                     "chosen_utility": float(chosen["utility"]),
                     "rejected_utility": float(rejected["utility"]),
                     "gap": gap,
-                    "weight": math.tanh(abs(gap)) if cfg.weighted else 1.0,
+                    "weight_gap": weight_gap,
+                    "weight": math.tanh(abs(weight_gap)) if cfg.weighted else 1.0,
                 }
             )
     if not rows:
         raise PairError(
-            f"every candidate pair has a utility gap <= {cfg.min_gap} ({cfg.score}); no "
-            "preference to learn: lower feedback.pairs.min_gap or generate more samples"
+            f"every candidate pair has a {cfg.score} gap <= {cfg.min_gap}; no preference to "
+            "learn: lower feedback.pairs.min_gap or generate more samples"
         )
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
@@ -148,4 +188,8 @@ def write_pairs(pairs: pd.DataFrame, path: Path) -> None:
 
 def read_pairs(path: Path) -> pd.DataFrame:
     """A pairs table written by :func:`write_pairs`."""
-    return pq.read_table(path).to_pandas()[PAIR_COLUMNS]
+    pairs = pq.read_table(path).to_pandas()
+    if "weight_gap" not in pairs.columns:
+        # written before weight_score existed, when the ranking score also weighed the pairs
+        pairs["weight_gap"] = pairs["gap"]
+    return pairs[PAIR_COLUMNS]

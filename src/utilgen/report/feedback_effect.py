@@ -131,9 +131,14 @@ def feedback_effect(
         "label_fidelity_first": fidelity[0] if fidelity else None,
         "label_fidelity_last": fidelity[-1] if fidelity else None,
         "feedback": list(config.feedback.components),
-        # Which score ranked the preference pairs; None when no pairs were built.
+        # Which scores ranked and weighed the preference pairs; None when no pairs were built.
         "pair_score": (
             config.feedback.pairs.score if "dpo" in config.feedback.components else None
+        ),
+        "pair_weight_score": (
+            (config.feedback.pairs.weight_score or config.feedback.pairs.score)
+            if "dpo" in config.feedback.components
+            else None
         ),
         "control": control,
     }

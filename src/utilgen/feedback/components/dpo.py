@@ -37,12 +37,13 @@ class DPOFeedback(FeedbackComponent):
                 "between rounds, and generator.lm.backend=vllm holds none: set "
                 "generator.lm.backend=transformers or drop dpo"
             )
-        score = config.feedback.pairs.score
-        if score not in config.valuation.scores:
-            raise ValueError(
-                f"feedback.pairs.score={score!r} is not among valuation.scores "
-                f"{config.valuation.scores}; add it there or pick one of them"
-            )
+        pairs = config.feedback.pairs
+        for key, score in (("score", pairs.score), ("weight_score", pairs.weight_score)):
+            if score is not None and score not in config.valuation.scores:
+                raise ValueError(
+                    f"feedback.pairs.{key}={score!r} is not among valuation.scores "
+                    f"{config.valuation.scores}; add it there or pick one of them"
+                )
 
     def describe(self, config: RunConfig, n_requests: int) -> str:
         from utilgen.registry import DPO_TRAINERS
