@@ -43,7 +43,9 @@ import torch
 from utilgen.config import CausalLMConfig, FewShotPromptConfig
 from utilgen.data.bundled import load_bbc_news
 from utilgen.generate import GenerationRequest
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings, load_causal_lm
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_loading import load_causal_lm
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 from utilgen.generate.fewshot import fewshot_requests
 from utilgen.progress import set_quiet
 

@@ -219,7 +219,8 @@ def test_the_nll_term_raises_the_chosen_likelihood_beyond_plain_dpo(tmp_path: Pa
 def test_adapter_reloads_with_the_same_tag_and_outputs(tmp_path: Path) -> None:
     from peft import PeftModel
 
-    from utilgen.generate.causal_lm import CausalLMGenerator, adapter_hash, load_adapter
+    from utilgen.generate.causal_lm import CausalLMGenerator
+    from utilgen.generate.causal_lm_loading import adapter_hash, load_adapter
 
     model, tokenizer = tiny_llama(0)
     cfg = LMDPOConfig(learning_rate=1e-2, epochs=1, **LORA)
@@ -353,7 +354,7 @@ pairs = [TextPair(p, " the team", " a film", 0.5) for p in prompts]
 model, tok = tiny_llama(0)
 cfg = LMDPOConfig(epochs=1, batch_size=1, learning_rate=1e-2, lora_r=4, lora_alpha=8)
 res = train_lm_dpo(model, tok, pairs, cfg, out_dir=Path({out!r}), seed=0)
-from utilgen.generate.causal_lm import adapter_state_hash
+from utilgen.generate.causal_lm_loading import adapter_state_hash
 # The in-memory LoRA weights: equal on both processes when DDP averaged the gradients.
 print("RESULT", res.tag, res.steps, adapter_state_hash(res.model))
 """
@@ -391,7 +392,8 @@ def test_smollm2_round_trip(tmp_path: Path) -> None:
     template (prompt tokens exactly as generation encodes them), the adapter's tag, and the
     merged model still generates."""
     from utilgen.config import CausalLMConfig
-    from utilgen.generate.causal_lm import CausalLMGenerator, adapter_hash
+    from utilgen.generate.causal_lm import CausalLMGenerator
+    from utilgen.generate.causal_lm_loading import adapter_hash
 
     gen = CausalLMGenerator.from_config(
         CausalLMConfig(max_new_tokens=12), device=torch.device("cpu"), batch_size=4, seed=0

@@ -20,7 +20,8 @@ import utilgen.generate.lora as lora_module
 from utilgen.config import DiffusersConfig
 from utilgen.config.diffusion import DiffusersLoraConfig
 from utilgen.generate import GenerationRequest
-from utilgen.generate.diffusers_backend import DiffusersGenerator, prepare_diffusers_generator
+from utilgen.generate.diffusers_backend import DiffusersGenerator
+from utilgen.generate.diffusers_prepare import prepare_diffusers_generator
 from utilgen.generate.lora import (
     adapt_to_task,
     diffusion_loss,

@@ -15,7 +15,8 @@ from tiny_sd import one_thread, real_data, save_tiny_sd, tiny_sd_pipeline
 from utilgen.config import DiffusersConfig
 from utilgen.errors import ModelNotFoundError
 from utilgen.generate import GenerationError, GenerationRequest
-from utilgen.generate.diffusers_backend import DiffusersGenerator, prepare_diffusers_generator
+from utilgen.generate.diffusers_backend import DiffusersGenerator
+from utilgen.generate.diffusers_prepare import prepare_diffusers_generator
 from utilgen.generate.prompts import class_prompt_requests, placeholder_token
 from utilgen.generate.textual_inversion import (
     add_class_tokens,

@@ -15,12 +15,9 @@ from tiny_lm import bigram_llama, line_tokenizer, one_thread, tiny_llama, token_
 from utilgen.config import CausalLMConfig, TextFilterConfig
 from utilgen.errors import ModelNotFoundError
 from utilgen.generate import GenerationError, GenerationRequest
-from utilgen.generate.causal_lm import (
-    CausalLMGenerator,
-    SamplingSettings,
-    adapter_hash,
-    resolve_model_source,
-)
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_loading import adapter_hash, resolve_model_source
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 
 CPU = torch.device("cpu")
 # Cleaning would cut the word salad of a random model to its first "." and hide differences.

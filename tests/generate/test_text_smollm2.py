@@ -12,7 +12,8 @@ from tiny_lm import batch_noise, token_margins
 
 from utilgen.config import CaptionPerturbationConfig, CausalLMConfig, FewShotPromptConfig
 from utilgen.data.bundled import load_bbc_news
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 from utilgen.generate.fewshot import fewshot_requests
 from utilgen.generate.perturb import perturb_caption
 

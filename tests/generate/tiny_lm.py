@@ -33,7 +33,8 @@ from transformers import (
 )
 
 if TYPE_CHECKING:
-    from utilgen.generate.causal_lm import CausalLMGenerator, PerRowSampling
+    from utilgen.generate.causal_lm import CausalLMGenerator
+    from utilgen.generate.causal_lm_sampling import PerRowSampling
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
@@ -159,6 +160,7 @@ def batch_noise(generator: CausalLMGenerator, prompts: Sequence[str]) -> tuple[f
 def token_margins() -> Iterator[TokenMargins]:
     """Inside: every ``CausalLMGenerator`` call records its token choices' margins."""
     from utilgen.generate import causal_lm
+    from utilgen.generate.causal_lm_sampling import PerRowSampling
 
     margins = TokenMargins()
     real_processors = causal_lm.sampling_processors
@@ -172,7 +174,7 @@ def token_margins() -> Iterator[TokenMargins]:
     def processors(*args: Any, **kwargs: Any) -> LogitsProcessorList:
         found = real_processors(*args, **kwargs)
         last = found[-1] if found else None
-        draw = last if isinstance(last, causal_lm.PerRowSampling) else None
+        draw = last if isinstance(last, PerRowSampling) else None
         found.insert(len(found) - (draw is not None), _RecordMargins(draw, eos, margins))
         return found
 
@@ -303,7 +305,8 @@ def scripted_lm(lines: Sequence[str], stop: float = 0.2) -> CausalLMGenerator:
     """A ``CausalLMGenerator`` whose replies, after the chat template's assistant tag, are 1+
     lines of ``lines``, each drawn uniformly, ended with probability ``stop`` after each line:
     an LM whose every possible answer the test knows."""
-    from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+    from utilgen.generate.causal_lm import CausalLMGenerator
+    from utilgen.generate.causal_lm_sampling import SamplingSettings
 
     tokenizer = line_tokenizer(lines)
     uniform = {line: 1 / len(lines) for line in lines}

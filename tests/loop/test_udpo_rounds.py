@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generate"))
 from tiny_lm import tiny_llama
 
 from utilgen.config import RunConfig, resolve_config
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 from utilgen.generate.factory import static_requests
 from utilgen.loop import generation_round
 from utilgen.loop.run import Prepared, prepare, run

@@ -25,7 +25,8 @@ from utilgen.config.valuation import MetaWeightConfig
 from utilgen.data.bundled import load_digits
 from utilgen.data.labelled import Item
 from utilgen.generate import GenerationRequest, Generator
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 from utilgen.loop.generation_round import generate_into_pool
 from utilgen.pool import COLUMNS, PoolStore, Sample
 from utilgen.scale import RayBackendError, RayExecutor, RayGenerator, valuation

@@ -14,7 +14,8 @@ from tiny_lm import one_thread, tiny_llama
 from utilgen.config import TextFilterConfig
 from utilgen.generate import GenerationRequest
 from utilgen.generate.builtin import BuiltinDiffusionGenerator
-from utilgen.generate.causal_lm import CausalLMGenerator, SamplingSettings
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_sampling import SamplingSettings
 from utilgen.scale import local_batch_starts, plan_shards
 from utilgen.scale.valuation import slice_bounds
 

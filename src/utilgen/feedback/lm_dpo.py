@@ -306,8 +306,9 @@ class LMDPOResult:
 
     Attributes:
         adapter_dir: ``out_dir/adapter`` (peft adapter) or ``out_dir/model`` (full model).
-        tag: ``lora:<12 hex>`` (the :func:`~utilgen.generate.causal_lm.adapter_hash` of the
-            saved adapter, the tag ``load_adapter`` gives it) or ``full:<12 hex>``.
+        tag: ``lora:<12 hex>`` (the
+            :func:`~utilgen.generate.causal_lm_loading.adapter_hash` of the saved adapter,
+            the tag ``load_adapter`` gives it) or ``full:<12 hex>``.
         steps: optimiser steps taken.
         history: the logged records (as in ``log.jsonl``).
         model: the trained model (the peft model with LoRA), in eval mode.
@@ -355,8 +356,8 @@ def _save(model: Any, out_dir: Path, lora: bool) -> None:
 
 def _saved_tag(out_dir: Path, lora: bool) -> tuple[Path, str]:
     """The saved directory and its tag: ``<peft type>:<hash>`` exactly as
-    :func:`~utilgen.generate.causal_lm.load_adapter` names it, or ``full:<hash>``."""
-    from utilgen.generate.causal_lm import adapter_hash
+    :func:`~utilgen.generate.causal_lm_loading.load_adapter` names it, or ``full:<hash>``."""
+    from utilgen.generate.causal_lm_loading import adapter_hash
 
     if not lora:
         target = out_dir / "model"

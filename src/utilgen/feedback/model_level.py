@@ -232,7 +232,7 @@ class LMDPOTrainer:
     ) -> Generator:
         lm: Any = generator
         if result.get("lora", True):
-            from utilgen.generate.causal_lm import load_adapter
+            from utilgen.generate.causal_lm_loading import load_adapter
 
             model, tag = load_adapter(lm.model, str(out / result["weights_dir"]), merge=False)
             _merge_lm_adapter(lm, model, tag)

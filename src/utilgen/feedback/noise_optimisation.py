@@ -150,6 +150,91 @@ def _noise_objective(
     return objective
 
 
+def _optimise_batch(
+    sampler: DifferentiableSampler,
+    utility: LogProbUtility,
+    batch: Sequence[GenerationRequest],
+    cfg: NoiseOptimisationConfig,
+    g_regen: float,
+) -> tuple[list[GenerationRequest], dict[str, list[float]]]:
+    """Steps 2 to 5 of :func:`optimise_noise` for one batch of requests: the optimised
+    requests, in order, and per request the mean of ``before``, ``inverted``, ``after``
+    (log p(y|x)), ``penalty_inverted`` and ``penalty_after``."""
+    cond, null = sampler.conditioning(batch)
+    outputs = batch_outputs(sampler, batch)
+    n = len(outputs.owner)
+    cond_rows, null_rows = cond[outputs.owner], null[outputs.owner]
+
+    # 2. the samples as requested, and their utility
+    with torch.no_grad():
+        clean = sampler.denoise(
+            outputs.noise,
+            cond_rows,
+            null_rows,
+            guidance=outputs.guidance,
+            steps=outputs.steps,
+        )
+        original = utility(sampler.decode(clean), outputs.labels).float()
+
+    # 3. DDIM inversion at the inversion guidance
+    z0 = sampler.invert(
+        clean,
+        cond_rows,
+        null_rows,
+        guidance=torch.full((n,), cfg.inversion_guidance, device=sampler.device),
+        steps=outputs.steps,
+        fixed_point=cfg.inversion_fixed_point,
+    )
+
+    # 4. optimise the noise for utility at the regeneration guidance
+    objective = _noise_objective(sampler, utility, cfg, cond_rows, null_rows, g_regen, outputs)
+    found = minimise_rows(z0, objective, steps=cfg.steps, learning_rates=[cfg.learning_rate] * n)
+
+    # 5. the optimised requests, with what was done recorded as provenance
+    penalty0 = noise_penalty(z0, cfg.penalty)
+    penalty1 = noise_penalty(found.best, cfg.penalty)
+    means = {
+        name: per_request_mean(values, outputs).tolist()
+        for name, values in (
+            ("before", original),
+            ("inverted", found.utility_start),
+            ("after", found.utility_best),
+            ("penalty_inverted", penalty0),
+            ("penalty_after", penalty1),
+        )
+    }
+    out: list[GenerationRequest] = []
+    for i, request in enumerate(batch):
+        mine = (outputs.owner == i).nonzero().flatten()
+        _, steps = request_settings(sampler, request)
+        record = {
+            "steps": cfg.steps,
+            "best_step": found.best_step[mine].tolist(),
+            "learning_rate": cfg.learning_rate,
+            "inversion_guidance": cfg.inversion_guidance,
+            "inversion_fixed_point": cfg.inversion_fixed_point,
+            "regeneration_guidance": g_regen,
+            "request_guidance": float(outputs.guidance[mine[0]]),
+            "penalty": cfg.penalty,
+            "penalty_weight": cfg.penalty_weight,
+            "penalty_inverted": means["penalty_inverted"][i],
+            "penalty_after": means["penalty_after"][i],
+            "utility_before": means["before"][i],
+            "utility_inverted": means["inverted"][i],
+            "utility_after": means["after"][i],
+        }
+        out.append(
+            dataclasses.replace(
+                request,
+                latents=found.best[mine].detach().cpu().clone(),
+                guidance_scale=g_regen,
+                num_inference_steps=steps,
+                metadata={**request.metadata, "noise_opt": record},
+            )
+        )
+    return out, means
+
+
 def optimise_noise(
     sampler: DifferentiableSampler,
     utility: LogProbUtility,
@@ -183,81 +268,9 @@ def optimise_noise(
     pen_after: list[float] = []
     with progress_or_nothing("noise optimisation", len(requests), progress) as advance:
         for batch in request_batches(sampler, requests, cfg.batch_size):
-            cond, null = sampler.conditioning(batch)
-            outputs = batch_outputs(sampler, batch)
-            n = len(outputs.owner)
-            cond_rows, null_rows = cond[outputs.owner], null[outputs.owner]
-
-            # 2. the samples as requested, and their utility
-            with torch.no_grad():
-                clean = sampler.denoise(
-                    outputs.noise,
-                    cond_rows,
-                    null_rows,
-                    guidance=outputs.guidance,
-                    steps=outputs.steps,
-                )
-                original = utility(sampler.decode(clean), outputs.labels).float()
-
-            # 3. DDIM inversion at the inversion guidance
-            z0 = sampler.invert(
-                clean,
-                cond_rows,
-                null_rows,
-                guidance=torch.full((n,), cfg.inversion_guidance, device=sampler.device),
-                steps=outputs.steps,
-                fixed_point=cfg.inversion_fixed_point,
-            )
-
-            # 4. optimise the noise for utility at the regeneration guidance
-            objective = _noise_objective(
-                sampler, utility, cfg, cond_rows, null_rows, g_regen, outputs
-            )
-            found = minimise_rows(
-                z0, objective, steps=cfg.steps, learning_rates=[cfg.learning_rate] * n
-            )
-
-            # 5. the optimised requests, with what was done recorded as provenance
-            penalty0 = noise_penalty(z0, cfg.penalty)
-            penalty1 = noise_penalty(found.best, cfg.penalty)
-            means = {
-                name: per_request_mean(values, outputs).tolist()
-                for name, values in (
-                    ("before", original),
-                    ("inverted", found.utility_start),
-                    ("after", found.utility_best),
-                    ("penalty_inverted", penalty0),
-                    ("penalty_after", penalty1),
-                )
-            }
-            for i, request in enumerate(batch):
-                mine = (outputs.owner == i).nonzero().flatten()
-                _, steps = request_settings(sampler, request)
-                record = {
-                    "steps": cfg.steps,
-                    "best_step": found.best_step[mine].tolist(),
-                    "learning_rate": cfg.learning_rate,
-                    "inversion_guidance": cfg.inversion_guidance,
-                    "inversion_fixed_point": cfg.inversion_fixed_point,
-                    "regeneration_guidance": g_regen,
-                    "request_guidance": float(outputs.guidance[mine[0]]),
-                    "penalty": cfg.penalty,
-                    "penalty_weight": cfg.penalty_weight,
-                    "penalty_inverted": means["penalty_inverted"][i],
-                    "penalty_after": means["penalty_after"][i],
-                    "utility_before": means["before"][i],
-                    "utility_inverted": means["inverted"][i],
-                    "utility_after": means["after"][i],
-                }
-                out.append(
-                    dataclasses.replace(
-                        request,
-                        latents=found.best[mine].detach().cpu().clone(),
-                        guidance_scale=g_regen,
-                        num_inference_steps=steps,
-                        metadata={**request.metadata, "noise_opt": record},
-                    )
-                )
+            # 2.-5. generate, invert, optimise, record (one batch)
+            optimised, means = _optimise_batch(sampler, utility, batch, cfg, g_regen)
+            out += optimised
             before += means["before"]
             inverted += means["inverted"]
             after += means["after"]

@@ -4,7 +4,9 @@ Stable Diffusion 1.x/2.x and SDXL load through ``AutoPipelineForText2Image``; im
 the same weights through ``AutoPipelineForImage2Image.from_pipe``. A request's prompt (or
 precomputed ``prompt_embeds``), negative prompt, guidance, steps, initial ``latents`` and
 init image + strength go to the pipeline unchanged; outputs become PNG pool samples whose
-provenance names the model, scheduler, dtype and adapter.
+provenance names the model, scheduler, dtype and adapter. Loading the pipeline and LoRA
+files is :mod:`utilgen.generate.diffusers_loading`; adapting the generator to a task
+(textual inversion, LoRA training, their cache) is :mod:`utilgen.generate.diffusers_prepare`.
 
 Determinism: output ``i`` of a request draws its noise from its own CPU ``torch.Generator``
 seeded with ``request.seed + i``, so it does not depend on which other requests share its
@@ -15,12 +17,8 @@ they are in the list; samples are still yielded in request order.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -32,9 +30,10 @@ import torch
 from PIL import Image
 
 from utilgen.config.diffusion import DiffusersConfig
-from utilgen.data.labelled import LabelledData, Modality
-from utilgen.errors import ConfigError, ModelNotFoundError
+from utilgen.data.labelled import Modality
+from utilgen.errors import ConfigError
 from utilgen.generate.base import make_sample
+from utilgen.generate.diffusers_loading import file_sha256, load_text2image_pipeline, lora_file
 from utilgen.generate.dtypes import diffusion_dtype
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.generate.schedulers import make_scheduler
@@ -45,86 +44,9 @@ from utilgen.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "utilgen"
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
-# 1. loading ---------------------------------------------------------------------------
-
-
-def _not_found(model: str) -> str:
-    return (
-        f"generator.diffusers.model {model!r} is neither a local pipeline directory nor in "
-        f"the offline Hugging Face cache; download it where there is network (`hf download "
-        f"{model} --local-dir DIR`), copy DIR here and set generator.diffusers.model=DIR"
-    )
-
-
-def load_text2image_pipeline(model: str, *, dtype: torch.dtype, variant: str | None = None) -> Any:
-    """``AutoPipelineForText2Image.from_pretrained(model)`` from disk only.
-
-    A local directory is read with ``local_files_only``; any other string is a hub id that
-    must already be in the offline cache. Nothing is downloaded.
-
-    Raises:
-        ModelNotFoundError: the id is not cached, or the path is not a pipeline directory.
-    """
-    from diffusers import AutoPipelineForText2Image
-
-    local = Path(model).expanduser()
-    if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise ModelNotFoundError(
-                f"generator.diffusers.model {model!r} has no model_index.json; pass the "
-                "directory of a whole diffusers pipeline (written by save_pretrained)"
-            )
-        source = str(local)
-    elif local.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise ModelNotFoundError(
-            f"generator.diffusers.model {model!r} is not a pipeline directory; pass a directory "
-            "with model_index.json (diffusers save_pretrained) or a cached hub id"
-        )
-    else:
-        source = model
-    try:
-        return AutoPipelineForText2Image.from_pretrained(
-            source, torch_dtype=dtype, variant=variant, local_files_only=True
-        )
-    except (OSError, ValueError) as err:
-        if local.is_dir():
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelNotFoundError(
-                f"generator.diffusers.model {model!r} cannot be loaded ({first}); pass a "
-                "directory written by a diffusers pipeline's save_pretrained"
-            ) from None
-        raise ModelNotFoundError(_not_found(model)) from None
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 (64 hex characters) of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def lora_file(path: str | Path) -> Path:
-    """The adapter file of ``path``: the file itself or ``path/pytorch_lora_weights.safetensors``.
-
-    Raises:
-        ModelNotFoundError: no such safetensors file.
-    """
-    path = Path(path).expanduser()
-    file = path / LORA_WEIGHT_NAME if path.is_dir() else path
-    if not file.is_file() or file.suffix != ".safetensors":
-        raise ModelNotFoundError(
-            f"generator.diffusers.lora.path {str(path)!r} is not a LoRA adapter; pass a "
-            f".safetensors file written by save_lora_weights or its directory"
-        )
-    return file
-
-
-# 2. batching ----------------------------------------------------------------------------
+# 1. batching ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -176,7 +98,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-# 3. the generator -----------------------------------------------------------------------
+# 2. the generator -----------------------------------------------------------------------
 
 
 class DiffusersGenerator:
@@ -543,100 +465,3 @@ class DiffusersGenerator:
 
 def _no_op(n: int = 1) -> None:
     """Progress callback when no bar is shown."""
-
-
-# 4. the configured generator, adapted to the task --------------------------------------
-
-
-def _cache_key(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _publish(directory: Path, write: Callable[[Path], object]) -> None:
-    """Run ``write(tmp)`` into a fresh temporary directory, then rename it to ``directory``
-    (atomic: a killed run leaves no half-written cache entry)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    try:
-        os.replace(tmp, directory)
-    except OSError:  # another process published the same entry first
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def prepare_diffusers_generator(
-    cfg: DiffusersConfig,
-    *,
-    task_train: LabelledData,
-    device: torch.device,
-    batch_size: int,
-    seed: int,
-    progress: bool = True,
-) -> DiffusersGenerator:
-    """:meth:`DiffusersGenerator.from_config`, then the adaptation ``cfg`` asks for on the
-    task's real images ``task_train``:
-
-    1. textual inversion of ``cfg.textual_inversion.classes`` (unless a ``path`` is given);
-    2. LoRA adaptation (``cfg.lora.train``) with the class prompts and, when the config
-       names a caption source, each image's caption.
-
-    Trained tokens and adapters are cached under :func:`diffusers_cache_dir`, keyed by the
-    model, settings, seed and real images, so a rerun loads what an earlier run trained.
-    """
-    from utilgen.generate.lora import TRAIN_ADAPTER, save_lora, train_lora, training_prompts
-    from utilgen.generate.prompts import captions_for, data_digest, diffusers_cache_dir
-    from utilgen.generate.textual_inversion import (
-        class_tokens_sha256,
-        save_class_tokens,
-        train_class_tokens,
-    )
-
-    generator = DiffusersGenerator.from_config(cfg, device=device, batch_size=batch_size, seed=seed)
-    cache = diffusers_cache_dir(cfg)
-    base = {
-        "model": cfg.model,
-        "variant": cfg.variant,
-        "dtype": str(generator.pipeline.unet.dtype),
-        "image_size": generator.image_size,
-        "seed": seed,
-        "data": data_digest(task_train),
-    }
-    ti = cfg.textual_inversion
-    if ti.classes and ti.path is None:
-        settings = ti.model_dump(mode="json", exclude={"path"})
-        directory = cache / "textual-inversion" / _cache_key({**base, "ti": settings})
-        if directory.is_dir():
-            generator.load_textual_inversion(directory)
-        else:
-            tokens = train_class_tokens(
-                generator.pipeline,
-                task_train,
-                cfg,
-                seed=seed,
-                image_size=generator.image_size,
-                progress=progress,
-            )
-            _publish(directory, lambda tmp: save_class_tokens(tokens, tmp))
-            generator.record_textual_inversion(class_tokens_sha256(directory))
-    if cfg.lora.train:
-        prompts = training_prompts(task_train, cfg, captions_for(cfg, task_train, device=device))
-        settings = cfg.lora.model_dump(mode="json", exclude={"path", "train", "scale"})
-        key = _cache_key(
-            {**base, "lora": settings, "prompts": prompts, "ti": generator.textual_inversion_sha256}
-        )
-        directory = cache / "lora" / key
-        if not (directory / LORA_WEIGHT_NAME).is_file():
-            train_lora(
-                generator.pipeline,
-                task_train,
-                cfg.lora,
-                prompts=prompts,
-                seed=seed,
-                image_size=generator.image_size,
-                progress=progress,
-            )
-            _publish(directory, lambda tmp: save_lora(generator.pipeline, tmp))
-            generator.pipeline.unet.delete_adapters(TRAIN_ADAPTER)
-        generator.load_lora(directory, scale=cfg.lora.scale)
-    return generator

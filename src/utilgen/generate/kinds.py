@@ -106,7 +106,7 @@ class DiffusersKind:
         seed: int,
         progress: bool = True,
     ) -> Generator:
-        from utilgen.generate.diffusers_backend import prepare_diffusers_generator
+        from utilgen.generate.diffusers_prepare import prepare_diffusers_generator
 
         return prepare_diffusers_generator(
             cfg.diffusers,

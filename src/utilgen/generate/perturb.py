@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from utilgen.config import CaptionPerturbationConfig
-from utilgen.generate.causal_lm import Completion, SamplingSettings
+from utilgen.generate.causal_lm_sampling import Completion, SamplingSettings
 from utilgen.generate.request import GenerationError
 
 log = logging.getLogger(__name__)

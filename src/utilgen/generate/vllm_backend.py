@@ -20,14 +20,9 @@ import torch
 
 from utilgen.config import CausalLMConfig, TextFilterConfig
 from utilgen.errors import ModelNotFoundError
-from utilgen.generate.causal_lm import (
-    CausalLMGenerator,
-    Completion,
-    SamplingSettings,
-    _load,
-    adapter_hash,
-    resolve_model_source,
-)
+from utilgen.generate.causal_lm import CausalLMGenerator
+from utilgen.generate.causal_lm_loading import _load, adapter_hash, resolve_model_source
+from utilgen.generate.causal_lm_sampling import Completion, SamplingSettings
 
 
 def _import_vllm() -> Any:

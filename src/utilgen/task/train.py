@@ -141,6 +141,33 @@ def _accuracy(model: TaskModel, data: LabelledData) -> float:
     return float(np.mean(predicted == data.labels))
 
 
+def _train_epoch(
+    model: TaskModel,
+    net: torch.nn.Module,
+    inputs: TrainingInputs,
+    order: np.ndarray,
+    batch_size: int,
+    optimizer: torch.optim.Optimizer,
+) -> float:
+    """One epoch of weighted steps over ``inputs`` in ``order``, ``batch_size`` samples a
+    step; returns the epoch's loss, the batches' losses weighted by their sample weight."""
+    device = model.device
+    loss_sum, weight_sum = 0.0, 0.0
+    for part in chunks(len(order), batch_size):
+        idx = order[part]
+        batch = model.prepare([inputs.items[i] for i in idx])
+        y = torch.as_tensor(inputs.labels[idx], device=device)
+        w = torch.as_tensor(inputs.weights[idx], dtype=torch.float32, device=device)
+        loss = weighted_cross_entropy(net(batch), y, w)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch_weight = float(inputs.weights[idx].sum())
+        loss_sum += float(loss.detach()) * batch_weight
+        weight_sum += batch_weight
+    return loss_sum / weight_sum
+
+
 def train(
     model: TaskModel,
     train: LabelledData,
@@ -175,13 +202,7 @@ def train(
     started = time.perf_counter()
     # 1-2. checked inputs, zero-weight samples left out
     inputs = training_inputs(model, train, weights, val, seed)
-    items, labels, sample_weights, keys, val = (
-        inputs.items,
-        inputs.labels,
-        inputs.weights,
-        inputs.keys,
-        inputs.val,
-    )
+    val = inputs.val
 
     # 3. optimiser over the trainable parameters only
     seed_everything(seed)
@@ -190,7 +211,6 @@ def train(
     if not params:
         raise UtilgenError(f"the {model.kind} task model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    device = model.device
 
     # 4. epochs: shuffle by id, weighted steps, validation, checkpoint
     losses: list[float] = []
@@ -199,21 +219,8 @@ def train(
     with _epoch_progress(f"training {model.kind}", cfg.epochs, progress) as advance:
         for epoch in range(1, cfg.epochs + 1):
             net.train()
-            order = epoch_order(keys, epoch)
-            loss_sum, weight_sum = 0.0, 0.0
-            for part in chunks(len(order), cfg.batch_size):
-                idx = order[part]
-                batch = model.prepare([items[i] for i in idx])
-                y = torch.as_tensor(labels[idx], device=device)
-                w = torch.as_tensor(sample_weights[idx], dtype=torch.float32, device=device)
-                loss = weighted_cross_entropy(net(batch), y, w)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                batch_weight = float(sample_weights[idx].sum())
-                loss_sum += float(loss.detach()) * batch_weight
-                weight_sum += batch_weight
-            losses.append(loss_sum / weight_sum)
+            order = epoch_order(inputs.keys, epoch)
+            losses.append(_train_epoch(model, net, inputs, order, cfg.batch_size, optimizer))
             if val is not None:
                 accuracies.append(_accuracy(model, val))
             if checkpoint_dir is not None:
@@ -225,7 +232,7 @@ def train(
                         "train_loss": losses[-1],
                         "val_accuracy": accuracies[-1] if accuracies else None,
                         "seed": seed,
-                        "n_trained": len(items),
+                        "n_trained": len(inputs.items),
                     },
                 )
                 checkpoints.append(path)
@@ -243,6 +250,6 @@ def train(
         train_loss=tuple(losses),
         val_accuracy=tuple(accuracies),
         checkpoints=tuple(checkpoints),
-        n_trained=len(items),
+        n_trained=len(inputs.items),
         seconds=time.perf_counter() - started,
     )

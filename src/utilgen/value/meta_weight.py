@@ -313,6 +313,48 @@ def build_optimizers(
     return optimizer, meta_optimizer
 
 
+class MetaBatches:
+    """The meta set's batches for the meta steps: the meta set is small, so it is prepared
+    once and visited in seeded shuffles, each batch the next ``cfg.meta_batch_size`` (at most
+    the whole set) indices of a queue topped up with a fresh permutation when it runs short.
+
+    Args:
+        model: the task model, which prepares the meta set's items.
+        meta: the clean meta set.
+        cfg: ``meta_batch_size``.
+        seed: seeds the permutations (its own numpy generator, apart from torch's RNG).
+    """
+
+    def __init__(
+        self, model: TaskModel, meta: LabelledData, cfg: MetaWeightConfig, *, seed: int
+    ) -> None:
+        self.batch = model.prepare(meta.items)
+        self.labels = torch.as_tensor(meta.labels, device=model.device)
+        self.size = min(cfg.meta_batch_size, len(meta))
+        self.rng = np.random.default_rng(seed)
+        self.queue: list[int] = []
+        self.count = len(meta)
+
+    def next(self) -> tuple[Batch, torch.Tensor]:
+        """The next meta batch and its labels."""
+        while len(self.queue) < self.size:
+            self.queue.extend(self.rng.permutation(self.count).tolist())
+        idx = np.array(self.queue[: self.size])
+        del self.queue[: self.size]
+        return index_batch(self.batch, idx), self.labels[torch.as_tensor(idx)]
+
+
+def _check_inputs(model: TaskModel, train: LabelledData, meta: LabelledData) -> None:
+    """Refuse data the model cannot take, and an empty training or meta set."""
+    check_data(model, train, "meta_weight training data")
+    check_data(model, meta, "meta_weight meta set")
+    if not len(train) or not len(meta):
+        raise ValuationError(
+            f"meta_weight needs training samples and a meta set, got {len(train)} and "
+            f"{len(meta)}; give real samples for the meta set and samples to score"
+        )
+
+
 def train_meta_weighted(
     model: TaskModel,
     train: LabelledData,
@@ -337,13 +379,7 @@ def train_meta_weighted(
         ValuationError: empty training or meta set, or data that does not fit the model.
     """
     # 1. check inputs
-    check_data(model, train, "meta_weight training data")
-    check_data(model, meta, "meta_weight meta set")
-    if not len(train) or not len(meta):
-        raise ValuationError(
-            f"meta_weight needs training samples and a meta set, got {len(train)} and "
-            f"{len(meta)}; give real samples for the meta set and samples to score"
-        )
+    _check_inputs(model, train, meta)
     device = model.device
     net = model.module()
 
@@ -353,18 +389,7 @@ def train_meta_weighted(
     optimizer, meta_optimizer = build_optimizers(model, weight_net, cfg)
 
     # 3. the meta set is small: prepare it once and visit it in seeded shuffles
-    meta_batch_all = model.prepare(meta.items)
-    meta_labels_all = torch.as_tensor(meta.labels, device=device)
-    meta_rng = np.random.default_rng(seed)
-    meta_queue: list[int] = []
-
-    def next_meta() -> tuple[Batch, torch.Tensor]:
-        size = min(cfg.meta_batch_size, len(meta))
-        while len(meta_queue) < size:
-            meta_queue.extend(meta_rng.permutation(len(meta)).tolist())
-        idx = np.array(meta_queue[:size])
-        del meta_queue[:size]
-        return index_batch(meta_batch_all, idx), meta_labels_all[torch.as_tensor(idx)]
+    meta_batches = MetaBatches(model, meta, cfg, seed=seed)
 
     # 4. epochs of bi-level steps, visiting samples in the id-keyed order the trainer uses
     keys = id_keys(train.ids, seed)
@@ -384,7 +409,7 @@ def train_meta_weighted(
                 batch = model.prepare([train.items[i] for i in idx])
                 labels = torch.as_tensor(train.labels[idx], device=device)
                 if step_count % cfg.meta_interval == 0:
-                    meta_batch, meta_labels = next_meta()
+                    meta_batch, meta_labels = meta_batches.next()
                     step = meta_weight_step(
                         net,
                         weight_net,
