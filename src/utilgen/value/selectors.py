@@ -167,22 +167,19 @@ def round_half_up(x: float) -> int:
 
 
 def groups(samples: ScoredSamples, per_class: bool, rule: str) -> list[tuple[str, np.ndarray]]:
-    """(group description, member indices) per class, or one group of every sample.
+    """(group description, member indices) per class that has samples, or one group of
+    every sample.
 
-    Raises:
-        SelectionError: ``per_class`` and a class has no sample.
-    """
+    A class without samples has nothing to select and forms no group: a round may generate
+    none of a class, e.g. when ``feedback.hard_samples.scope=global`` finds no hard real
+    sample in it (GenDataAgent ranks the whole training set)."""
     if not per_class:
         return [("all samples", np.arange(len(samples)))]
     out = []
     for c, name in enumerate(samples.class_names):
         members = np.flatnonzero(samples.labels == c)
-        if not len(members):
-            raise SelectionError(
-                f"selection rule {rule}: class {name!r} has no samples to select from; "
-                "provide samples for every class or set per_class: false"
-            )
-        out.append((f"class {name!r}", members))
+        if len(members):
+            out.append((f"class {name!r}", members))
     return out
 
 
