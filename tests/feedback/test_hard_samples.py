@@ -47,13 +47,13 @@ from utilgen.feedback.hard_samples import (
     hard_parents,
     hard_sample_requests,
     perturbed_parent_captions,
-    prompt_and_strength,
     read_hard_sample_plan,
     write_hard_sample_plan,
 )
 from utilgen.generate import GenerationError
 from utilgen.generate.builtin import train_builtin_generator
 from utilgen.generate.diffusers_backend import DiffusersGenerator
+from utilgen.generate.img2img import prompt_and_strength
 from utilgen.generate.prompts import CaptionEntry, CaptionTable
 from utilgen.pool.payload import decode_image
 from utilgen.task import TaskModel, build_task_model

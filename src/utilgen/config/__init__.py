@@ -18,6 +18,7 @@ from utilgen.config.feedback import (
 )
 from utilgen.config.generator import (
     GeneratorConfig,
+    RealInitConfig,
 )
 from utilgen.config.instance import (
     HardSampleConfig,
@@ -69,6 +70,7 @@ __all__ = [
     "PreferencePairConfig",
     "PromptAscentConfig",
     "RayConfig",
+    "RealInitConfig",
     "RunConfig",
     "ScoreName",
     "Section",

@@ -30,6 +30,14 @@ NoisePenalty = Literal["kl", "norm"]
 UtilityModel = Literal["judge", "student"]
 
 
+def check_img2img_strengths(value: list[float]) -> list[float]:
+    """``value`` if every img2img strength is in (0, 1]; else ``ValueError``."""
+    bad = [s for s in value if not 0.0 < s <= 1.0]
+    if bad:
+        raise ValueError(f"img2img strengths must be in (0, 1], got {bad}; 0 would copy the parent")
+    return value
+
+
 class HardSampleConfig(Section):
     """GenDataAgent's generation around the k lowest-marginal real samples of each class."""
 
@@ -51,7 +59,8 @@ class HardSampleConfig(Section):
     strengths: list[float] = Field(
         default_factory=lambda: [0.5, 0.75, 0.9],
         min_length=1,
-        description="img2img strengths in (0, 1] (GenDataAgent Table 8: 0.5, 0.75, 0.9).",
+        description="img2img strengths in (0, 1] (GenDataAgent appendix D, Table 2: 0.5, "
+        "0.75, 0.9).",
     )
     captions: bool = Field(
         True,
@@ -69,12 +78,7 @@ class HardSampleConfig(Section):
     @field_validator("strengths")
     @classmethod
     def _in_unit_interval(cls, value: list[float]) -> list[float]:
-        bad = [s for s in value if not 0.0 < s <= 1.0]
-        if bad:
-            raise ValueError(
-                f"img2img strengths must be in (0, 1], got {bad}; 0 would copy the parent"
-            )
-        return value
+        return check_img2img_strengths(value)
 
 
 class GradientPathConfig(Section):

@@ -3,7 +3,7 @@
 After a training round, every real training sample is scored with the marginal p(y|x)
 (shared/papers/002, Eq. 1, :func:`utilgen.value.logit_scores.marginal`). Per class the k samples
 with the lowest marginal, those nearest the decision boundary, become *parents*: round r+1
-generates img2img around each of them at several strengths (appendix D, Table 8: 0.5, 0.75,
+generates img2img around each of them at several strengths (appendix D, Table 2: 0.5, 0.75,
 0.9), prompted with m LLM-perturbed captions of the parent (§2.3, Eq. 2–3). Every generated
 sample records its parent (``parent_id``), its strength and the caption it came from.
 
@@ -15,7 +15,9 @@ The work is split so that each step can be tested and resumed on its own:
 2. :func:`hard_parents` picks the parents with the task model;
 3. :func:`perturbed_parent_captions` asks the LM for the m rewrites of each parent's prompt
    (the only step that needs an LM);
-4. :func:`hard_sample_requests` turns parents and prompts into generation requests;
+4. :func:`hard_sample_requests` turns parents and prompts into generation requests (with
+   :mod:`utilgen.generate.img2img`'s builder, which ``generator.real_init`` shares: random
+   parents, the baseline these are measured against);
 5. :func:`write_hard_sample_plan` / :func:`read_hard_sample_plan` keep steps 2–3 in the run
    directory, so a resumed round asks for exactly the same requests.
 
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,9 +45,12 @@ import numpy as np
 from utilgen.atomic import write_json_atomic
 from utilgen.config import GeneratorConfig, HardSampleConfig
 from utilgen.config.diffusion import DiffusersConfig
+from utilgen.config.generator import IMG2IMG_KINDS
 from utilgen.config.text_generation import CaptionPerturbationConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.feedback.errors import FeedbackError
+from utilgen.generate import img2img
+from utilgen.generate.img2img import ParentPrompt, around_parents, class_slots, plain_prompt
 from utilgen.generate.perturb import TextCompleter, perturb_captions, split_caption
 from utilgen.generate.prompts import CaptionTable, class_prompt, class_texts, request_seed
 from utilgen.generate.request import GenerationError, GenerationRequest
@@ -76,23 +80,6 @@ class HardParent:
     index: int
 
 
-@dataclass(frozen=True)
-class ParentPrompt:
-    """One text prompt to generate around a parent with.
-
-    Attributes:
-        caption: the parent's caption as the caption source gave it (before perturbation).
-        prompt: the full prompt: an LLM rewrite of the class prompt with ``caption``, or
-            (only after a warned shortfall of rewrites) the class prompt unperturbed.
-        perturbation: the perturbation tag of the rewrite (LM, m, seed, prompt hash), or ""
-            for the unperturbed prompt.
-    """
-
-    caption: str
-    prompt: str
-    perturbation: str
-
-
 # 1. checks ------------------------------------------------------------------------------
 
 
@@ -110,10 +97,10 @@ def _check_class_sizes(k: int, real_train: LabelledData) -> None:
 def _check_image_generator(generator: GeneratorConfig) -> None:
     """Hard samples are img2img with the two image generator families this module knows
     how to prompt (class labels for the built-in one, class texts for diffusers)."""
-    if generator.kind not in ("builtin-diffusion", "diffusers"):
+    if generator.kind not in IMG2IMG_KINDS:
         raise FeedbackError(
             f"feedback.hard_samples needs an image generator, not generator.kind="
-            f"{generator.kind}; set generator.kind to builtin-diffusion or diffusers"
+            f"{generator.kind}; set generator.kind to {' or '.join(IMG2IMG_KINDS)}"
         )
 
 
@@ -263,20 +250,14 @@ def parent_caption(parent: HardParent, rank: int, captions: CaptionTable) -> str
     Raises:
         FeedbackError: neither the parent nor its class has a caption.
     """
-    own = captions.for_sample(parent.id)
-    if own:
-        return own
-    untied = [
-        e.caption for e in captions.entries if e.class_name == parent.class_name and not e.sample_id
-    ]
-    shared = untied or list(captions.for_class(parent.class_name))
-    if not shared:
+    caption = img2img.parent_caption(parent, rank, captions)
+    if not caption:
         raise FeedbackError(
             f"feedback.hard_samples.captions: no caption for parent {parent.id!r} nor for its "
             f"class {parent.class_name!r}; add captions of that class or set "
             "feedback.hard_samples.captions=false"
         )
-    return shared[rank % len(shared)]
+    return caption
 
 
 def perturbed_parent_captions(
@@ -338,18 +319,6 @@ def perturbed_parent_captions(
 # 4. the requests ------------------------------------------------------------------------
 
 
-def prompt_and_strength(t: int, num_prompts: int, num_strengths: int) -> tuple[int, int]:
-    """(prompt index, strength index) of a parent's ``t``-th output (t = 0, 1, ...).
-
-    Prompt ``t mod m`` and strength ``(t + t div L) mod S`` with L = lcm(m, S): within a
-    block of L outputs consecutive ones change both, and the first m * S outputs cover every
-    (prompt, strength) pair exactly once (block b = t div L holds the pairs with strength -
-    prompt = b mod gcd(m, S), by the Chinese remainder theorem).
-    """
-    block = t // math.lcm(num_prompts, num_strengths)
-    return t % num_prompts, (t + block) % num_strengths
-
-
 def _output_slots(
     parents: Mapping[int, Sequence[HardParent]],
     real_train: LabelledData,
@@ -379,8 +348,7 @@ def _output_slots(
         members = list(parents[label])
         if not members:
             raise FeedbackError(f"class {label} has no hard-sample parents; pick them with k >= 1")
-        key = f"hard-sample/{real_train.class_names[label]}"
-        slots += [(members[j % len(members)], j // len(members), key, j) for j in range(per_class)]
+        slots += class_slots(members, per_class, f"hard-sample/{real_train.class_names[label]}")
     return slots
 
 
@@ -402,8 +370,9 @@ def hard_sample_requests(
     (parents lowest marginal first), as that parent's output t = ``j div k``; so every parent
     gets a request before any gets a second, and with per_class < k only the hardest
     per_class parents are used. Global: the same over all parents at once. Output t of a
-    parent takes its prompt and strength from :func:`prompt_and_strength` (m prompts: its
-    ``captions`` entry, or one class prompt when ``cfg.captions`` is false).
+    parent takes its prompt and strength from
+    :func:`~utilgen.generate.img2img.prompt_and_strength` (m prompts: its ``captions`` entry,
+    or one class prompt when ``cfg.captions`` is false).
 
     Each request: ``init_image`` the parent's image, ``strength``, ``parent_id`` the parent's
     id, ``prompt`` the (perturbed) caption prompt, or without captions the plain class prompt
@@ -430,47 +399,34 @@ def hard_sample_requests(
             "perturbed captions were given but feedback.hard_samples.captions is false; set it "
             "to true to prompt with them"
         )
-    builtin = generator.kind == "builtin-diffusion"
-    texts = {} if builtin else class_texts(real_train.class_names, generator.diffusers)
-    strengths = list(cfg.strengths)
-    requests: list[GenerationRequest] = []
-    for parent, t, key, j in _output_slots(parents, real_train, per_class, cfg.scope):
-        name = parent.class_name
-        if captions is not None:
-            prompts = list(captions.get(parent.id, ()))
-            if not prompts:
-                raise FeedbackError(
-                    f"no perturbed caption for hard-sample parent {parent.id!r}; make the "
-                    "captions for the same parents (perturbed_parent_captions)"
-                )
-        elif builtin:
-            prompts = [ParentPrompt("", name, "")]
-        else:
-            plain = class_prompt(texts[name], "", generator.diffusers)
-            prompts = [ParentPrompt("", plain, "")]
-        p, s = prompt_and_strength(t, len(prompts), len(strengths))
-        chosen = prompts[p]
-        requests.append(
-            GenerationRequest(
-                label=parent.label,
-                class_name=name,
-                seed=request_seed(seed, round_index, key, j),
-                prompt=chosen.prompt,
-                negative_prompt="" if builtin else generator.diffusers.negative_prompt,
-                guidance_scale=generator.builtin.guidance_scale if builtin else None,
-                num_inference_steps=generator.builtin.steps if builtin else None,
-                init_image=np.asarray(real_train.items[parent.index]),
-                strength=float(strengths[s]),
-                parent_id=parent.id,
-                perturbation=chosen.perturbation,
-                metadata={
-                    "hard_sample": True,
-                    "parent_marginal": parent.marginal,
-                    "caption": chosen.caption,
-                },
+    texts = (
+        {}
+        if generator.kind == "builtin-diffusion"
+        else class_texts(real_train.class_names, generator.diffusers)
+    )
+
+    def prompts(parent: HardParent) -> list[ParentPrompt]:
+        if captions is None:
+            name = parent.class_name
+            return [plain_prompt(generator, name, texts.get(name, name))]
+        found = list(captions.get(parent.id, ()))
+        if not found:
+            raise FeedbackError(
+                f"no perturbed caption for hard-sample parent {parent.id!r}; make the "
+                "captions for the same parents (perturbed_parent_captions)"
             )
-        )
-    return requests
+        return found
+
+    return around_parents(
+        _output_slots(parents, real_train, per_class, cfg.scope),
+        real_train,
+        generator=generator,
+        strengths=cfg.strengths,
+        seed=seed,
+        round_index=round_index,
+        prompts=prompts,
+        metadata=lambda parent: {"hard_sample": True, "parent_marginal": parent.marginal},
+    )
 
 
 # 5. the plan in the run directory -------------------------------------------------------

@@ -45,8 +45,19 @@ class GeneratorKind(Protocol):
         self, cfg: GeneratorConfig, *, splits: Splits, seed: int, round_index: int
     ) -> list[GenerationRequest]:
         """``cfg.per_class`` outputs per class for round ``round_index``: the ``static``
-        strategy's requests, and what instance-level feedback starts from."""
+        strategy's requests, and what instance-level feedback starts from (the image kinds
+        make them img2img around random real samples with ``cfg.real_init.enabled``)."""
         ...
+
+
+def _real_init_requests(
+    cfg: GeneratorConfig, *, splits: Splits, seed: int, round_index: int
+) -> list[GenerationRequest]:
+    """``generator.real_init``'s static requests: img2img around random real training
+    samples (:func:`utilgen.generate.img2img.real_init_requests`)."""
+    from utilgen.generate.img2img import real_init_requests
+
+    return real_init_requests(cfg, splits.train, seed=seed, round_index=round_index)
 
 
 class BuiltinDiffusionKind:
@@ -81,6 +92,8 @@ class BuiltinDiffusionKind:
     ) -> list[GenerationRequest]:
         from utilgen.generate.builtin import builtin_class_requests
 
+        if cfg.real_init.enabled:
+            return _real_init_requests(cfg, splits=splits, seed=seed, round_index=round_index)
         return builtin_class_requests(
             splits.train.class_names,
             per_class=cfg.per_class,
@@ -122,6 +135,8 @@ class DiffusersKind:
     ) -> list[GenerationRequest]:
         from utilgen.generate.prompts import class_prompt_requests
 
+        if cfg.real_init.enabled:
+            return _real_init_requests(cfg, splits=splits, seed=seed, round_index=round_index)
         return class_prompt_requests(
             splits.train.class_names,
             per_class=cfg.per_class,

@@ -95,6 +95,11 @@ def describe_plan(plan: Plan, run_dir: Path) -> str:
             f"generator: {gen.kind}, {gen.per_class} a class a round, "
             f"{len(plan.requests)} requests in round 1"
         )
+        if gen.real_init.enabled:
+            head.append(
+                f"  static requests: img2img around {gen.real_init.k} random real training "
+                f"samples a class, strengths {gen.real_init.strengths}"
+            )
     rounds, last = _round_lines(plan)
     resumes = RunLayout(run_dir).config.exists()
     where = f"run directory: {run_dir} ({'resumed' if resumes else 'new'})"

@@ -1,4 +1,4 @@
-"""A check shared by the components that shape image generation."""
+"""Checks shared by the components that shape image generation."""
 
 from __future__ import annotations
 
@@ -17,4 +17,15 @@ def require_image_generator(config: RunConfig, component: str) -> None:
         raise ValueError(
             f"feedback.components [{component}] shapes image generation; it needs "
             f"generator.kind {' or '.join(image_kinds)}, not {config.generator.kind}"
+        )
+
+
+def require_text_to_image(config: RunConfig, component: str) -> None:
+    """Raise ``ValueError`` when ``generator.real_init`` makes the static requests img2img,
+    which ``component`` cannot optimise (it runs the text-to-image sampler)."""
+    if config.generator.real_init.enabled:
+        raise ValueError(
+            f"feedback.components [{component}] optimises text-to-image requests, but "
+            "generator.real_init makes them img2img around real samples; set "
+            f"generator.real_init.enabled=false or remove {component}"
         )

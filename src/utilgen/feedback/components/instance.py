@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from utilgen.feedback.component import FeedbackComponent, RoundContext
-from utilgen.feedback.components._image import require_image_generator
+from utilgen.feedback.components._image import require_image_generator, require_text_to_image
 
 if TYPE_CHECKING:
     from utilgen.config import RunConfig
@@ -25,6 +25,7 @@ class PromptAscent(FeedbackComponent):
 
     def check_config(self, config: RunConfig) -> None:
         require_image_generator(config, "prompt_ascent")
+        require_text_to_image(config, "prompt_ascent")
 
     def describe(self, config: RunConfig, n_requests: int) -> str:
         return (
@@ -56,6 +57,7 @@ class NoiseOptimisation(FeedbackComponent):
 
     def check_config(self, config: RunConfig) -> None:
         require_image_generator(config, "noise_opt")
+        require_text_to_image(config, "noise_opt")
 
     def describe(self, config: RunConfig, n_requests: int) -> str:
         return (
