@@ -45,7 +45,7 @@ class RealInitConfig(Section):
         default_factory=lambda: [0.5, 0.75, 0.9],
         min_length=1,
         description="img2img strengths in (0, 1], cycled over each parent's outputs as "
-        "feedback.hard_samples cycles them (GenDataAgent appendix D, Table 2: 0.5, 0.75, 0.9).",
+        "feedback.hard_samples cycles them (GenDataAgent appendix D, Table 8: 0.5, 0.75, 0.9).",
     )
 
     @field_validator("strengths")

@@ -59,7 +59,7 @@ class HardSampleConfig(Section):
     strengths: list[float] = Field(
         default_factory=lambda: [0.5, 0.75, 0.9],
         min_length=1,
-        description="img2img strengths in (0, 1] (GenDataAgent appendix D, Table 2: 0.5, "
+        description="img2img strengths in (0, 1] (GenDataAgent appendix D, Table 8: 0.5, "
         "0.75, 0.9).",
     )
     captions: bool = Field(

@@ -3,7 +3,7 @@
 After a training round, every real training sample is scored with the marginal p(y|x)
 (shared/papers/002, Eq. 1, :func:`utilgen.value.logit_scores.marginal`). Per class the k samples
 with the lowest marginal, those nearest the decision boundary, become *parents*: round r+1
-generates img2img around each of them at several strengths (appendix D, Table 2: 0.5, 0.75,
+generates img2img around each of them at several strengths (appendix D, Table 8: 0.5, 0.75,
 0.9), prompted with m LLM-perturbed captions of the parent (§2.3, Eq. 2–3). Every generated
 sample records its parent (``parent_id``), its strength and the caption it came from.
 

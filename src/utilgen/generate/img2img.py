@@ -6,7 +6,7 @@ pick:
 * ``generator.real_init`` (:func:`real_init_requests`): the static requests start from the
   latents of real training samples drawn at random, k per class, seeded by (seed, round)
   (Real-Fake's latent prior of real images, which GenDataAgent also starts from, appendix D,
-  Table 2); the baseline that GenDataAgent's choice of parents is measured against;
+  Table 8); the baseline that GenDataAgent's choice of parents is measured against;
 * GenDataAgent's hard samples (:mod:`utilgen.feedback.hard_samples`): the parents are the
   real samples with the lowest marginal p(y|x).
 
