@@ -192,3 +192,16 @@ def test_build_selector_from_config_rules() -> None:
     everything = build_selector([]).select(table)
     assert isinstance(build_selector([]), KeepAll)
     assert everything.kept_ids() == list(table.ids)
+
+
+def test_fraction_rules_take_nothing_from_a_class_without_samples() -> None:
+    """Per class, a fraction of an empty class is 0 of 0 and it has nothing to weigh (a round
+    whose global hard-sample parents left a class out still filters the others); a count of
+    it cannot be met."""
+    only_cats = samples(["c1", "c2", "c3", "c4"], [0, 0, 0, 0], s=[0.5, 0.9, 0.5, 0.1])
+    dropped = DropLowest("s", 0.25).select(only_cats)
+    assert sorted(dropped.kept_ids()) == ["c1", "c2", "c3"]
+    assert sorted(KeepRatio("s", 0.5).select(only_cats).kept_ids()) == ["c1", "c2"]
+    assert Weighting("s", normalize=True).select(only_cats).weights()["c2"] == 1.0
+    with pytest.raises(SelectionError, match="class 'dog' has no samples"):
+        TopK("s", 1).select(only_cats)

@@ -63,7 +63,8 @@ class ScoredSamples:
         ids: unique sample ids.
         labels: class index per sample, int64 (n,).
         scores: score name -> float64 (n,) array aligned with ``ids``.
-        class_names: every class of the task (per-class rules need each to have samples).
+        class_names: every class of the task (per-class count rules need each to have
+            samples; fraction rules take 0 of a class without any).
     """
 
     ids: tuple[str, ...]
@@ -170,11 +171,17 @@ def round_half_up(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def groups(samples: ScoredSamples, per_class: bool, rule: str) -> list[tuple[str, np.ndarray]]:
+def groups(
+    samples: ScoredSamples, per_class: bool, rule: str, *, skip_empty: bool = False
+) -> list[tuple[str, np.ndarray]]:
     """(group description, member indices) per class, or one group of every sample.
 
+    Args:
+        skip_empty: leave out a class without samples (a fraction of it is 0 samples)
+            instead of raising.
+
     Raises:
-        SelectionError: ``per_class`` and a class has no sample.
+        SelectionError: ``per_class``, not ``skip_empty``, and a class has no sample.
     """
     if not per_class:
         return [("all samples", np.arange(len(samples)))]
@@ -182,6 +189,8 @@ def groups(samples: ScoredSamples, per_class: bool, rule: str) -> list[tuple[str
     for c, name in enumerate(samples.class_names):
         members = np.flatnonzero(samples.labels == c)
         if not len(members):
+            if skip_empty:
+                continue
             raise SelectionError(
                 f"selection rule {rule}: class {name!r} has no samples to select from; "
                 "provide samples for every class or set per_class: false"
@@ -206,7 +215,9 @@ def _ranked_selection(
     values = samples.score(score, rule)
     decisions: dict[str, Decision] = {}
     which = "highest" if highest_first else "lowest"
-    for where, members in groups(samples, per_class, rule):
+    # A fraction of a class without samples is 0 of 0 (e.g. a round whose global hard-sample
+    # parents left a class out); k of it cannot be kept.
+    for where, members in groups(samples, per_class, rule, skip_empty=count is None):
         order = members[
             rank_order(
                 values[members], [samples.ids[i] for i in members], highest_first=highest_first
@@ -352,7 +363,7 @@ class DropLowest:
 
     A class of n samples drops exactly round_half_up(fraction * n) of them, exact in
     decimal (:func:`~utilgen.config.valuation.rounded_share`): fraction 0.25 drops 2 of 6,
-    1 of 2 and 0 of 1; ties in the score go by sample id."""
+    1 of 2, 0 of 1 and 0 of a class without samples; ties in the score go by sample id."""
 
     score: str
     fraction: float
@@ -389,7 +400,7 @@ class Weighting:
         values = samples.score(self.score, "weight")
         if self.normalize:
             weights = np.ones_like(values)
-            for _, members in groups(samples, True, "weight"):
+            for _, members in groups(samples, True, "weight", skip_empty=True):
                 part = values[members]
                 spread = part.max() - part.min()
                 if spread > 0:
