@@ -91,6 +91,23 @@ def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     _run_fails(tmp_path, capsys, "digits-real-only", ["task.epocs=3"], "task.epocs", "task.epochs")
 
 
+@pytest.mark.parametrize(
+    ("points", "needles"),
+    [
+        # digits-gendataagent trains stage 1 for 40 epochs and filters by VoG
+        ("{epochs: [10, 41]}", ("epoch 41 is outside", "1..40")),
+        ("41", ("task.epochs=40", "at most 40")),
+        ("{fractions: [0.01, 1.0]}", ("rounds to epoch 0",)),
+        ("[10, 20]", ("{epochs: [10, 20, 30]}",)),
+    ],
+)
+def test_vog_checkpoints_outside_the_run(
+    points: str, needles: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sets = [f"valuation.vog_checkpoints={points}"]
+    _run_fails(tmp_path, capsys, "digits-gendataagent", sets, "valuation.vog_checkpoints", *needles)
+
+
 def test_model_id_not_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sets = [
         "task.model=hf-text",

@@ -26,7 +26,10 @@ def test_curves_and_ratio_for_static_and_a_guided_run(
     monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
     static, guided = tmp_path / "static", tmp_path / "gda"
     assert utilgen("run", "digits-static", "--out", str(static), *sets(RUN_SETS)) == 0
-    guided_sets = [*RUN_SETS, "loop.rounds=2", "feedback.hard_samples.k=2"]
+    # 2 epochs hold 2 VoG checkpoints (epochs 1 and 2), not the preset's 3
+    guided_sets = [
+        *RUN_SETS, "loop.rounds=2", "feedback.hard_samples.k=2", "valuation.vog_checkpoints=2"
+    ]
     assert utilgen("run", "digits-gendataagent", "--out", str(guided), *sets(guided_sets)) == 0
     capsys.readouterr()
 

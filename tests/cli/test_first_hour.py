@@ -233,6 +233,7 @@ def test_dry_run_shows_where_the_budget_stops_the_run(
     args = _run(tmp_path, "digits-gendataagent", "loop.budget.synthetic_samples=250")
     code, out, err = _cli([*args, "--dry-run"], capsys)
     assert code == 0, err
+    assert "(40 epochs, a checkpoint each; VoG reads epochs 13, 27, 40)" in out
     assert "round 2: generates 100 samples" in out
     assert "round 3: not run, it would exceed budget:synthetic_samples" in out
     assert not (tmp_path / "run").exists()

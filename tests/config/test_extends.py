@@ -186,8 +186,9 @@ def test_a_chain_longer_than_the_limit_is_refused(tmp_path: Path) -> None:
 def test_set_overrides_apply_after_extends(tmp_path: Path) -> None:
     _write(tmp_path / "parent.yaml", PARENT)
     child = _write(tmp_path / "child.yaml", {"extends": "parent.yaml", "task": {"epochs": 9}})
-    config = resolve_config(str(child), ["task.epochs=2", "seed=4"])
-    assert (config.task.epochs, config.seed, config.task.lr) == (2, 4, 0.5)
+    # (3 epochs, not fewer: the parent scores VoG, 3 evenly spaced checkpoints by default)
+    config = resolve_config(str(child), ["task.epochs=3", "seed=4"])
+    assert (config.task.epochs, config.seed, config.task.lr) == (3, 4, 0.5)
     # `extends` is not a setting: an override cannot name it
     assert "unknown config key 'extends'" in _error(
         lambda: resolve_config(str(child), ["extends=digits-static"])

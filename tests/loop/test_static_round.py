@@ -168,3 +168,32 @@ def test_two_rounds_compare_their_utility_in_feedback_effect(tmp_path: Path) -> 
     assert test["p_one_sided"] == pytest.approx(expected.pvalue)
     assert (run_dir / "feedback_effect.png").stat().st_size > 1000
     assert summary["rounds"] == 3  # stage 1 and two generation rounds
+
+
+def test_vog_reads_the_stage1_checkpoints_of_the_configured_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stage 1 trains 3 epochs and saves each; fractions 0.3 and 0.6 of the run are epochs
+    1 and 2 (0.9 and 1.8 rounded half up), so VoG reads those two, not the last ones."""
+    from utilgen.value import vog as vog_module
+
+    loaded: list[Path] = []
+    real_load = vog_module.load_checkpoint
+
+    def spy(model: object, path: str | Path) -> None:
+        loaded.append(Path(path))
+        real_load(model, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vog_module, "load_checkpoint", spy)
+    base = _prepared()
+    config = base.config.model_copy(deep=True)
+    config.valuation = type(config.valuation).model_validate(
+        {"scores": ["vog"], "vog_checkpoints": {"fractions": [0.3, 0.6]}}
+    )
+    run_dir = tmp_path / "vog"
+    run(config, run_dir, prepared=replace(base, config=config))
+    stage1 = run_dir / "rounds/000/checkpoints"
+    assert loaded and set(loaded) == {stage1 / f"epoch-00{e}.safetensors" for e in (1, 2)}
+    assert (stage1 / "epoch-003.safetensors").is_file()  # there, and left out
+    scores = pd.read_parquet(run_dir / "rounds/001/scores.parquet")
+    assert scores["vog"].notna().all() and len(scores) == 10 * PER_CLASS

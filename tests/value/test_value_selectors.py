@@ -85,6 +85,38 @@ def test_keep_ratio_and_drop_lowest_round_half_up_per_class() -> None:
     assert dropped.decisions["c4"].weight == 0.0 and dropped.decisions["c2"].weight == 1.0
 
 
+def test_drop_lowest_drops_the_configured_share_of_each_class_half_up() -> None:
+    """Known answer: classes of 1, 2, 3, 4, 6, 7 and 50 samples, fraction 0.25 and 0.29; a
+    class of n drops round_half_up(fraction * n), computed in decimal, of its lowest."""
+    sizes = [1, 2, 3, 4, 6, 7, 50]
+    names = tuple(f"k{n}" for n in sizes)
+    ids = [f"{name}-{i:02d}" for name, n in zip(names, sizes, strict=True) for i in range(n)]
+    labels = [c for c, n in enumerate(sizes) for _ in range(n)]
+    # within a class the score falls with the index: the last ids are the lowest
+    score = [-float(i) for n in sizes for i in range(n)]
+    table = ScoredSamples(tuple(ids), np.array(labels), {"vog": np.array(score)}, names)
+    expected = {
+        0.25: [0, 1, 1, 1, 2, 2, 13],  # 0.25, 0.5, 0.75, 1, 1.5, 1.75, 12.5
+        # 0.29 * 50 is 14.5 in decimal (15 dropped), 14.499999999999998 in floating point
+        0.29: [0, 1, 1, 1, 2, 2, 15],  # 0.29, 0.58, 0.87, 1.16, 1.74, 2.03, 14.5
+    }
+    for fraction, drops in expected.items():
+        for selector in (
+            DropLowest("vog", fraction),
+            build_selector([SelectionRule(rule="drop_lowest", score="vog", fraction=fraction)]),
+        ):
+            selection = selector.select(table)
+            for c, (name, n) in enumerate(zip(names, sizes, strict=True)):
+                members = [i for i, label in zip(ids, labels, strict=True) if label == c]
+                dropped = [i for i in members if not selection.decisions[i].kept]
+                assert dropped == members[n - drops[c] :], (fraction, name)
+        reason = DropLowest("vog", fraction).select(table).decisions["k6-05"].reason
+        assert f"the lowest {fraction} ({drops[4]} of 6) of class 'k6'" in reason, reason
+        # keep_ratio counts the same way
+        kept = KeepRatio("vog", fraction).select(table).kept_ids()
+        assert len(kept) == sum(drops)
+
+
 def test_weighting_keeps_everything() -> None:
     raw = Weighting("s").select(TABLE)
     assert len(raw.kept_ids()) == len(TABLE)
@@ -159,3 +191,15 @@ def test_build_selector_from_config_rules() -> None:
     everything = build_selector([]).select(table)
     assert isinstance(build_selector([]), KeepAll)
     assert everything.kept_ids() == list(table.ids)
+
+
+def test_fraction_rules_take_nothing_from_a_class_without_samples() -> None:
+    """Per class, a fraction of an empty class is 0 of 0 and it has nothing to weigh (a round
+    whose global hard-sample parents left a class out still filters the others); a count
+    rule keeps up to its count of the classes that have samples."""
+    only_cats = samples(["c1", "c2", "c3", "c4"], [0, 0, 0, 0], s=[0.5, 0.9, 0.5, 0.1])
+    dropped = DropLowest("s", 0.25).select(only_cats)
+    assert sorted(dropped.kept_ids()) == ["c1", "c2", "c3"]
+    assert sorted(KeepRatio("s", 0.5).select(only_cats).kept_ids()) == ["c1", "c2"]
+    assert Weighting("s", normalize=True).select(only_cats).weights()["c2"] == 1.0
+    assert TopK("s", 1).select(only_cats).kept_ids() == ["c2"]

@@ -76,6 +76,14 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _vog_checkpoints_in_stage1(self) -> RunConfig:
+        # Stage 1 trains task.epochs epochs and saves a checkpoint after each: VoG's points
+        # must be among them (checked only when VoG is scored; the field is unused otherwise).
+        if "vog" in self.valuation.scores:
+            self.valuation.vog_epochs(self.task.epochs)
+        return self
+
+    @model_validator(mode="after")
     def _feedback_fits(self) -> RunConfig:
         from utilgen.feedback.component import active_components
 

@@ -37,9 +37,13 @@ def _feedback_lines(config: RunConfig, n_requests: int) -> list[str]:
 def _round_lines(plan: Plan) -> tuple[list[str], int]:
     """One line per round the budgets pay for, feedback between them; and the last round."""
     config = plan.config
+    vog = ""
+    if "vog" in config.valuation.scores:
+        epochs = config.valuation.vog_epochs(config.task.epochs)  # checked by the config
+        vog = f"; VoG reads epochs {', '.join(map(str, epochs))}"
     lines = [
         f"{STAGE1}: train {config.task.model} on {len(plan.splits.train)} real samples "
-        f"({config.task.epochs} epochs, a checkpoint each)"
+        f"({config.task.epochs} epochs, a checkpoint each{vog})"
     ]
     spent, last = Cost(), 0
     for r in range(1, config.loop.rounds + 1):

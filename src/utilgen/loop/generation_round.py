@@ -139,6 +139,7 @@ def value_and_select(
         judge,
         candidates,
         checkpoints=judge_checkpoints,
+        trained_epochs=cfg.task.epochs,  # stage 1 trained task.epochs epochs
         real_train=splits.train,
         seed=cfg.seed,
     )

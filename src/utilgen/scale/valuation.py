@@ -5,7 +5,7 @@ the whole set, which the driver does with the very functions the local scores us
 
 - output scores (``marginal``, ``margin``, ``entropy``, ``loss``): the logits of each
   candidate; then the score of each row;
-- ``vog``: each candidate's input gradients at the last checkpoints and their variance
+- ``vog``: each candidate's input gradients at the configured checkpoints and their variance
   (raw VoG, on the actors); then the per-class normalisation;
 - ``similarity``: the embeddings of the candidates and of the real reference; then the
   class centroids and the cosines;
@@ -180,6 +180,7 @@ def score_samples_on_ray(
     data: LabelledData,
     *,
     checkpoints: Sequence[str | Path] = (),
+    trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -190,7 +191,13 @@ def score_samples_on_ray(
     ``cfg.scores``, equal to the local values. ``meta_weight`` is computed in the driver by
     ``score_samples`` itself.
     """
-    valuators = build_valuators(cfg, checkpoints=checkpoints, real_train=real_train, seed=seed)
+    valuators = build_valuators(
+        cfg,
+        checkpoints=checkpoints,
+        trained_epochs=trained_epochs,
+        real_train=real_train,
+        seed=seed,
+    )
     check_data(model, data, "valuation")
     frame = pd.DataFrame({"id": list(data.ids)})
     passes = _Passes(executor, model, data)

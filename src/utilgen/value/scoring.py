@@ -2,7 +2,8 @@
 
 This is what the round engine calls after generation:
 
-    frame = score_samples(cfg.valuation, model, synthetic, checkpoints=ckpts, real_train=real)
+    frame = score_samples(cfg.valuation, model, synthetic, checkpoints=ckpts,
+                          trained_epochs=cfg.task.epochs, real_train=real)
     record_scores(store, round_index, frame)
     apply_selection(store, round_index, build_selector(cfg.valuation.selection)
                     .select(scored_samples(synthetic, frame)))
@@ -26,7 +27,7 @@ from utilgen.value.logit_scores import OUTPUT_SCORES, OutputScore
 from utilgen.value.meta_weight import MetaWeight
 from utilgen.value.selectors import ScoredSamples
 from utilgen.value.similarity import Similarity
-from utilgen.value.vog import VoG
+from utilgen.value.vog import VoG, checkpoint_epoch
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,30 @@ def _need_real(real_train: LabelledData | None, score: str) -> LabelledData:
     return real_train
 
 
+def _vog_epochs(
+    cfg: ValuationConfig, checkpoints: Sequence[str | Path], trained_epochs: int | None
+) -> tuple[int, ...]:
+    """The epochs ``cfg.vog_checkpoints`` stands for in a run of ``trained_epochs`` (None:
+    the last checkpoint's epoch)."""
+    if trained_epochs is None:
+        found = [e for p in checkpoints if (e := checkpoint_epoch(p)) is not None]
+        if not found:
+            raise ValuationError(
+                "VoG needs the task model's epoch-NNN.safetensors checkpoints but none were "
+                "given; train it with a checkpoint directory and pass its checkpoints"
+            )
+        trained_epochs = max(found)
+    try:
+        return cfg.vog_epochs(trained_epochs)
+    except ValueError as err:
+        raise ValuationError(str(err)) from None
+
+
 def build_valuators(
     cfg: ValuationConfig,
     *,
     checkpoints: Sequence[str | Path] = (),
+    trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
     seed: int = 0,
 ) -> dict[str, Valuator]:
@@ -50,19 +71,24 @@ def build_valuators(
 
     Args:
         cfg: the ``valuation`` config section.
-        checkpoints: the task model's checkpoints in training order (``vog``).
+        checkpoints: the task model's checkpoints, ``epoch-NNN.safetensors`` (``vog``).
+        trained_epochs: the epochs of the training run that saved them (``task.epochs``),
+            against which ``cfg.vog_checkpoints`` picks its epochs; None: the last
+            checkpoint's epoch.
         real_train: the real training split (``similarity``, ``composite``, ``meta_weight``).
         seed: fixes the meta set and the weight net (``meta_weight``).
 
     Raises:
-        ValuationError: a score's inputs are missing (e.g. VoG with fewer than 2 checkpoints).
+        ValuationError: a score's inputs are missing (e.g. VoG without the checkpoints of the
+            epochs ``cfg.vog_checkpoints`` picks).
     """
     valuators: dict[str, Valuator] = {}
     for name in dict.fromkeys(cfg.scores):
         if name in OUTPUT_SCORES:
             valuators[name] = OutputScore(name)
         elif name == "vog":
-            valuators[name] = VoG(checkpoints, last=cfg.vog_checkpoints, batch_size=cfg.batch_size)
+            epochs = _vog_epochs(cfg, checkpoints, trained_epochs)
+            valuators[name] = VoG(checkpoints, epochs=epochs, batch_size=cfg.batch_size)
         elif name == "similarity":
             valuators[name] = Similarity(_need_real(real_train, name))
         elif name == "composite":
@@ -84,6 +110,7 @@ def score_samples(
     data: LabelledData,
     *,
     checkpoints: Sequence[str | Path] = (),
+    trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -93,7 +120,7 @@ def score_samples(
         cfg: the ``valuation`` config section.
         model: the current task model (its weights are left as they are).
         data: the samples to score (synthetic or real), with their labels.
-        checkpoints, real_train, seed: see :func:`build_valuators`.
+        checkpoints, trained_epochs, real_train, seed: see :func:`build_valuators`.
 
     Returns:
         a DataFrame with column ``id`` (``data.ids``, in order) and one float64 column per
@@ -102,7 +129,13 @@ def score_samples(
     Raises:
         ValuationError: missing inputs for a score, or samples that do not fit the model.
     """
-    valuators = build_valuators(cfg, checkpoints=checkpoints, real_train=real_train, seed=seed)
+    valuators = build_valuators(
+        cfg,
+        checkpoints=checkpoints,
+        trained_epochs=trained_epochs,
+        real_train=real_train,
+        seed=seed,
+    )
     check_data(model, data, "valuation")
     frame = pd.DataFrame({"id": list(data.ids)})
     # The output scores share one forward pass.

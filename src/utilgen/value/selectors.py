@@ -16,8 +16,11 @@ Rules (``valuation.selection`` builds them, :class:`Chain` composes them):
 * :class:`Weighting`: keep everything and weight by the score instead of dropping.
 
 Ranking is deterministic: equal scores are ordered by sample id (lexicographic), so the
-sample with the smaller id wins a tie for "highest" and for "lowest" alike. Counts from
-fractions are rounded half up per class.
+sample with the smaller id wins a tie for "highest" and for "lowest" alike. A fraction of a
+group (a class, or all samples) of n stands for round_half_up(fraction * n) samples,
+computed exactly on the fraction as written in decimal (0.25 of 6 is 2, of 2 is 1, of 1 is
+0; 0.29 of 50 is 15), per class when the rule is per class
+(:func:`~utilgen.config.valuation.rounded_share`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from utilgen.config.valuation import SelectionRule
+from utilgen.config.valuation import SelectionRule, rounded_share
 from utilgen.value.base import ValuationError
 
 
@@ -60,7 +63,8 @@ class ScoredSamples:
         ids: unique sample ids.
         labels: class index per sample, int64 (n,).
         scores: score name -> float64 (n,) array aligned with ``ids``.
-        class_names: every class of the task (per-class rules need each to have samples).
+        class_names: every class of the task (per-class count rules need each to have
+            samples; fraction rules take 0 of a class without any).
     """
 
     ids: tuple[str, ...]
@@ -162,7 +166,8 @@ def rank_order(values: np.ndarray, ids: Sequence[str], *, highest_first: bool) -
 
 
 def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves up (Python's round() rounds halves to even)."""
+    """Round to the nearest integer, halves up (Python's round() rounds halves to even), on
+    the float as it is; the selection rules count with the exact ``rounded_share``."""
     return int(np.floor(x + 0.5))
 
 
@@ -199,15 +204,20 @@ def _ranked_selection(
     values = samples.score(score, rule)
     decisions: dict[str, Decision] = {}
     which = "highest" if highest_first else "lowest"
+    # A fraction of a class without samples is 0 of 0 (e.g. a round whose global hard-sample
+    # parents left a class out); k of it cannot be kept.
     for where, members in groups(samples, per_class, rule):
         order = members[
             rank_order(
                 values[members], [samples.ids[i] for i in members], highest_first=highest_first
             )
         ]
-        n_first = count if count is not None else round_half_up(float(fraction or 0) * len(order))
-        n_first = min(n_first, len(order))
-        what = f"{count}" if count is not None else f"{fraction:.0%}"
+        if count is not None:
+            n_first = min(count, len(order))
+            what = f"{count}"
+        else:
+            n_first = rounded_share(float(fraction or 0), len(order))
+            what = f"{float(fraction or 0):g} ({n_first} of {len(order)})"
         for rank, i in enumerate(order):
             first = rank < n_first
             kept = first if keep_ranked else not first
@@ -314,7 +324,8 @@ class Threshold:
 
 @dataclass(frozen=True)
 class KeepRatio:
-    """Keep the highest-``score`` ``fraction`` of each class (or of all samples)."""
+    """Keep the highest-``score`` ``fraction`` of each class (or of all samples): exactly
+    round_half_up(fraction * n) of a class of n, as :class:`DropLowest` counts."""
 
     score: str
     fraction: float
@@ -337,7 +348,11 @@ class KeepRatio:
 @dataclass(frozen=True)
 class DropLowest:
     """GenDataAgent's VoG filtering (Eq. 7): drop the lowest-``score`` ``fraction`` of each
-    class (or of all samples); the rest are kept."""
+    class (or of all samples); the rest are kept.
+
+    A class of n samples drops exactly round_half_up(fraction * n) of them, exact in
+    decimal (:func:`~utilgen.config.valuation.rounded_share`): fraction 0.25 drops 2 of 6,
+    1 of 2, 0 of 1 and 0 of a class without samples; ties in the score go by sample id."""
 
     score: str
     fraction: float

@@ -1,7 +1,9 @@
 """VoG: variance of gradients across training checkpoints (Agarwal et al., 2022), as
 GenDataAgent uses it to filter out-of-distribution synthetic samples (Sec. 2.4).
 
-For a sample x with label y and checkpoints 1..K (GenDataAgent: the last K = 3):
+For a sample x with label y and checkpoints 1..K, taken at points during stage-1 training
+(GenDataAgent: K = 3, epochs 10, 20 and 30 of 30; here ``valuation.vog_checkpoints``, by
+default 3 evenly spaced epochs, see :func:`utilgen.config.valuation.vog_epochs`):
 
     G_k      = d z_y / d x                       gradient of the true-class logit w.r.t.
                                                  the input, at checkpoint k (Eq. 4)
@@ -32,13 +34,11 @@ import numpy as np
 from utilgen.data.labelled import LabelledData
 from utilgen.progress import progress_bar
 from utilgen.task.base import TaskModel
-from utilgen.task.checkpoint import load_checkpoint
+from utilgen.task.checkpoint import CHECKPOINT_PATTERN, load_checkpoint
 from utilgen.task.torch_task_model import chunks
 from utilgen.value.base import ValuationError, check_data, preserved_state
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHECKPOINTS = 3
 
 
 def token_mask(gradients: np.ndarray) -> np.ndarray:
@@ -100,35 +100,52 @@ def class_normalize(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def select_checkpoints(checkpoints: Sequence[str | Path], last: int) -> list[Path]:
-    """The last ``last`` of ``checkpoints`` (in training order).
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The epoch of an ``epoch-NNN.safetensors`` checkpoint (None for another name)."""
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def select_checkpoints(
+    checkpoints: Sequence[str | Path], epochs: Sequence[int] | None = None
+) -> list[Path]:
+    """The checkpoints of ``epochs`` among ``checkpoints``, in training (epoch) order; with
+    ``epochs`` None, every one of ``checkpoints`` as given.
 
     Raises:
-        ValuationError: ``last`` < 2, or fewer than 2 checkpoints are available.
+        ValuationError: fewer than 2 checkpoints, or an epoch of ``epochs`` that has no
+            ``epoch-NNN.safetensors`` among ``checkpoints``.
     """
-    if last < 2:
-        raise ValuationError(
-            f"VoG asked with {last} checkpoint(s); it is a variance across checkpoints and "
-            "needs at least 2: set valuation.vog_checkpoints >= 2"
-        )
     paths = [Path(p) for p in checkpoints]
-    if len(paths) < 2:
+    if epochs is None:
+        picked = paths
+    else:
+        by_epoch = {e: p for p in paths if (e := checkpoint_epoch(p)) is not None}
+        missing = [e for e in epochs if e not in by_epoch]
+        if missing:
+            have = f"epochs {min(by_epoch)}..{max(by_epoch)}" if by_epoch else "none"
+            raise ValuationError(
+                f"VoG reads the checkpoint of stage-1 epoch {missing[0]} "
+                f"(valuation.vog_checkpoints) but the checkpoints given have {have}; retrain "
+                "stage 1 to save every epoch or choose epochs it saved"
+            )
+        picked = [by_epoch[e] for e in sorted(set(epochs))]
+    if len(picked) < 2:
         raise ValuationError(
-            f"VoG needs at least 2 training checkpoints but {len(paths)} were given; train the "
+            f"VoG needs at least 2 training checkpoints but {len(picked)} were given; train the "
             "task model for 2 or more epochs with checkpoints"
         )
-    if len(paths) < last:
-        log.warning("VoG asked for %d checkpoints, only %d exist; using them", last, len(paths))
-    return paths[-last:]
+    return picked
 
 
 class VoG:
     """The VoG :class:`~utilgen.value.base.Valuator`.
 
     Args:
-        checkpoints: the task model's saved checkpoints in training order
-            (``utilgen.task.list_checkpoints``); the last ``last`` are used.
-        last: how many checkpoints (GenDataAgent: 3; at least 2).
+        checkpoints: the task model's saved checkpoints, ``epoch-NNN.safetensors``
+            (``utilgen.task.list_checkpoints``).
+        epochs: the epochs whose checkpoints VoG reads (at least 2; the loop passes
+            ``valuation.vog_epochs(task.epochs)``); None: every one of ``checkpoints``.
         normalize: class-normalise the raw scores (the VoG paper); False returns raw VoG.
         batch_size: samples whose gradients are held at once (K gradient tensors each).
     """
@@ -139,16 +156,17 @@ class VoG:
         self,
         checkpoints: Sequence[str | Path],
         *,
-        last: int = DEFAULT_CHECKPOINTS,
+        epochs: Sequence[int] | None = None,
         normalize: bool = True,
         batch_size: int = 256,
     ) -> None:
-        self.checkpoints = select_checkpoints(checkpoints, last)
+        self.checkpoints = select_checkpoints(checkpoints, epochs)
         self.normalize = normalize
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
-        return f"VoG(checkpoints={len(self.checkpoints)}, normalize={self.normalize})"
+        epochs = [checkpoint_epoch(p) for p in self.checkpoints]
+        return f"VoG(epochs={epochs}, normalize={self.normalize})"
 
     def raw(self, model: TaskModel, data: LabelledData) -> np.ndarray:
         """Raw (not class-normalised) VoG of every sample, float64 (n,).
