@@ -140,6 +140,10 @@ def value_and_select(
         candidates,
         checkpoints=judge_checkpoints,
         real_train=splits.train,
+        # meta_weight's clean meta set (reserved from validation; None with meta_set: train)
+        # and what the judge was fitted on, which the meta set must not share
+        meta_set=splits.meta,
+        fitted_ids=splits.train.ids,
         seed=cfg.seed,
     )
     record_scores(store, round_index, frame)
