@@ -120,6 +120,41 @@ def test_model_id_not_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
 
 
+def test_validation_too_small_for_the_held_out_meta_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """digits-utilgen reserves meta_per_class validation digits per class for the weight
+    net's meta set; 30 would leave a class (26 in validation) none."""
+    sets = ["valuation.meta_weight.meta_per_class=30"]
+    _run_fails(
+        tmp_path,
+        capsys,
+        "digits-utilgen",
+        sets,
+        "valuation.meta_weight.meta_per_class=30",
+        "at most 25",
+        "data.val_fraction",
+    )
+
+
+def test_a_meta_set_that_would_overlap_the_fitted_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the meta set drawn from the training split the judge is fitted on, the plan
+    refuses it before anything is written."""
+    from dataclasses import replace
+
+    from utilgen.data import Splits, k_shot
+    from utilgen.loop import run_splits as splits_module
+
+    def from_train(splits: Splits, per_class: int, seed: int) -> Splits:
+        return replace(splits, meta=k_shot(splits.train, per_class, seed))
+
+    monkeypatch.setattr(splits_module, "reserve_meta_set", from_train)
+    needles = ("meta set shares 100 sample id(s) with the train split", "meta_set=validation")
+    _run_fails(tmp_path, capsys, "digits-utilgen", [], *needles)
+
+
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     from utilgen.errors import ConfigError
 

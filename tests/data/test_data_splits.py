@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from utilgen.config import DataConfig
-from utilgen.data import LabelledData, Splits, k_shot, split_for_config, stratified_split
+from utilgen.data import (
+    LabelledData,
+    Splits,
+    check_meta_set,
+    k_shot,
+    reserve_meta_set,
+    split_for_config,
+    stratified_split,
+)
 from utilgen.errors import DataError
 
 
@@ -134,3 +142,57 @@ def test_k_shot_above_a_class_size_is_refused_unless_all_is_asked_for() -> None:
     full = split_for_config(data, DataConfig(source="digits"), seed=0)
     every = split_for_config(data, DataConfig(source="digits", k_shot="all"), seed=0)
     assert every.train.ids == full.train.ids and every.unused_train is None
+
+
+def _meta_splits(per_class: int, seed: int = 0) -> tuple[Splits, Splits]:
+    """(splits as split_for_config makes them, the same with ``per_class`` moved to meta)."""
+    data = _data({"a": 100, "b": 60})
+    cfg = DataConfig(source="digits", val_fraction=0.2, test_fraction=0.2, k_shot=5)
+    before = split_for_config(data, cfg, seed)
+    return before, reserve_meta_set(before, per_class, seed)
+
+
+def test_meta_set_is_reserved_from_validation_only() -> None:
+    """The held-out meta set: ``per_class`` of each class's validation samples, gone from
+    val, never in train (what the weighted model is fitted on) or test."""
+    before, after = _meta_splits(4)
+    assert after.meta is not None
+    meta = set(after.meta.ids)
+    assert _per_class(after.meta) == {"a": 4, "b": 4}
+    assert meta <= set(before.val.ids)
+    assert not meta & set(after.val.ids)
+    assert set(after.val.ids) | meta == set(before.val.ids)
+    assert not meta & set(after.train.ids) and not meta & set(after.test.ids)
+    assert after.train == before.train and after.test == before.test
+    assert after.unused_train == before.unused_train
+    check_meta_set(after)  # disjoint: no error
+
+
+def test_meta_set_is_seeded_and_nested() -> None:
+    _, first = _meta_splits(4)
+    _, again = _meta_splits(4)
+    _, smaller = _meta_splits(2)
+    _, other_seed = _meta_splits(4, seed=1)
+    assert first.meta is not None and again.meta is not None and smaller.meta is not None
+    assert first.meta.ids == again.meta.ids and first.val.ids == again.val.ids
+    assert set(smaller.meta.ids) < set(first.meta.ids)
+    assert other_seed.meta is not None and other_seed.meta.ids != first.meta.ids
+
+
+def test_validation_too_small_for_the_meta_set_names_both_keys() -> None:
+    before, _ = _meta_splits(1)
+    smallest = min(_per_class(before.val).values())  # b: 60 * 0.2 = 12
+    reserve_meta_set(before, smallest - 1, 0)  # leaves one: fine
+    with pytest.raises(DataError) as err:
+        reserve_meta_set(before, smallest, 0)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"valuation.meta_weight.meta_per_class={smallest}" in message
+    assert f"at most {smallest - 1}" in message and "data.val_fraction" in message
+
+
+def test_a_meta_set_sharing_an_id_with_train_is_refused() -> None:
+    before, after = _meta_splits(2)
+    leaky = Splits(train=before.train, val=after.val, test=before.test, meta=before.train)
+    with pytest.raises(DataError, match=r"shares 10 sample id.* with the train split"):
+        check_meta_set(leaky)

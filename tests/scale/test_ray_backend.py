@@ -279,11 +279,16 @@ def test_valuation_on_ray_gives_the_local_scores(tmp_path: Path) -> None:
     meta = MetaWeightConfig(epochs=1, meta_per_class=2)
     scores = ValuationConfig(scores=names, batch_size=12, meta_weight=meta)
     checkpoints = list(trained.checkpoints)
-    local = score_samples(scores, model, candidates, checkpoints=checkpoints, real_train=real)
+    # meta_weight's held-out meta set: real digits the model was not fitted on
+    inputs = {
+        "checkpoints": checkpoints,
+        "real_train": real,
+        "meta_set": digits.subset(range(290, 330)),
+        "fitted_ids": real.ids,
+    }
+    local = score_samples(scores, model, candidates, **inputs)
     with RayExecutor(RayConfig(actors=2, batch_size=20)) as executor:  # slices of 32 / 24
-        remote = score_samples_on_ray(
-            executor, scores, model, candidates, checkpoints=checkpoints, real_train=real
-        )
+        remote = score_samples_on_ray(executor, scores, model, candidates, **inputs)
     pd.testing.assert_frame_equal(remote, local)  # exact: see RAY
     assert list(remote.columns) == ["id", *names]
     assert remote[names].std().gt(0).all()  # real scores, not constants

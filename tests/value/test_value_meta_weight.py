@@ -13,6 +13,7 @@ from value_helpers import LinearModel, cnn
 
 from utilgen.config.valuation import MetaGradient, MetaWeightConfig
 from utilgen.data.labelled import LabelledData
+from utilgen.data.splits import k_shot
 from utilgen.task import TaskModel
 from utilgen.value import MetaWeight, ValuationError, WeightNet, meta_weight_step
 from utilgen.value.meta_weight import train_meta_weighted
@@ -229,3 +230,57 @@ def test_valuator_restores_the_model_and_builds_its_sets(
 def test_empty_meta_set_is_an_error(digits_small: LabelledData) -> None:
     with pytest.raises(ValuationError, match="meta set"):
         MetaWeight(digits_small.subset([]))
+
+
+def test_a_given_meta_set_is_used_as_is_and_real_samples_are_all_extras(
+    digits_small: LabelledData, digits_other: LabelledData
+) -> None:
+    """The run's held-out meta set: not drawn from the real training samples, which all
+    stay training extras; nothing the weight net trains on is in the meta set."""
+    cfg = MetaWeightConfig(epochs=1, batch_size=64)
+    meta = digits_other.subset(range(0, 20))
+    valuator = MetaWeight(digits_small, cfg, meta=meta, fitted=digits_small.ids)
+    assert valuator.meta.ids == meta.ids
+    assert valuator.real_rest.ids == digits_small.ids
+    scored = digits_other.subset(range(20, len(digits_other)))
+    training = valuator.training_set(scored)
+    assert not set(valuator.meta.ids) & set(training.ids)
+    scores = valuator.score(cnn(digits_small), scored)
+    assert scores.shape == (len(scored),)
+
+
+def test_a_meta_set_the_model_was_fitted_on_is_refused(
+    digits_small: LabelledData, digits_other: LabelledData
+) -> None:
+    """The guard: a meta set sharing ids with the samples the starting model was fitted on
+    (the judge's real training split) is refused in one line naming the fix."""
+    leaky = digits_small.subset(range(0, 10))
+    with pytest.raises(ValuationError) as err:
+        MetaWeight(digits_small, MetaWeightConfig(), meta=leaky, fitted=digits_small.ids)
+    message = str(err.value)
+    assert "\n" not in message and "shares 10 sample(s)" in message
+    assert "valuation.meta_weight.meta_set=validation" in message
+    # without a meta set the valuator draws it from real: the same refusal
+    with pytest.raises(ValuationError, match="fitted on"):
+        MetaWeight(digits_small, MetaWeightConfig(meta_per_class=2), fitted=digits_small.ids)
+
+
+def test_scoring_samples_of_the_meta_set_is_refused(
+    digits_small: LabelledData, digits_other: LabelledData
+) -> None:
+    cfg = MetaWeightConfig(epochs=1, batch_size=64)
+    valuator = MetaWeight(digits_small, cfg, meta=digits_other, fitted=digits_small.ids)
+    with pytest.raises(ValuationError, match="in its meta set"):
+        valuator.score(cnn(digits_small), digits_other.subset(range(0, 5)))
+
+
+def test_meta_set_train_reproduces_the_old_meta_set_with_a_warning(
+    digits_small: LabelledData, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``meta_set: train`` (leaky, explicit): the meta set is ``meta_per_class`` per class of
+    the real training samples, as before the option existed; a warning, no error."""
+    cfg = MetaWeightConfig(meta_set="train", meta_per_class=3)
+    with caplog.at_level("WARNING"):
+        valuator = MetaWeight(digits_small, cfg, seed=4, fitted=digits_small.ids)
+    assert valuator.meta.ids == k_shot(digits_small, 3, 4).ids
+    assert "memorised" in caplog.text

@@ -32,6 +32,7 @@ ScoreName = Literal[
 ]
 Normalization = Literal["minmax", "zscore"]
 MetaGradient = Literal["forward", "double_backward"]
+MetaSet = Literal["validation", "train"]
 SelectionRuleKind = Literal[
     "top_k", "bottom_k", "threshold", "keep_ratio", "drop_lowest", "hard_real", "weight"
 ]
@@ -181,8 +182,21 @@ class MetaWeightConfig(Section):
     batch 100)."""
 
     hidden: int = Field(100, ge=1, description="Hidden units of the 1 -> hidden -> 1 weight net.")
+    meta_set: MetaSet = Field(
+        "validation",
+        description="Where the clean meta set comes from. validation (the paper's held-out "
+        "meta set): meta_per_class real samples per class are reserved from the validation "
+        "split before the run uses it, so the weighted model was never fitted on them and "
+        "validation accuracy never sees them (pool split 'meta'). train: drawn from the real "
+        "training split the stage-1 classifier was fitted on (all utilgen did before this "
+        "option); leaky (the meta loss is on memorised samples), kept to reproduce older runs.",
+    )
     meta_per_class: int = Field(
-        10, ge=1, description="Clean real samples per class in the meta set (fewer if absent)."
+        10,
+        ge=1,
+        description="Clean real samples per class in the meta set (meta_set validation: "
+        "reserved from each class's validation samples, which must keep at least one; train: "
+        "fewer if a class has fewer).",
     )
     epochs: int = Field(10, ge=1, description="Epochs of bi-level training.")
     batch_size: int = Field(100, ge=1, description="Training mini-batch size.")

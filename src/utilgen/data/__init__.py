@@ -2,7 +2,8 @@
 and reproducible stratified / k-shot splits.
 
 Everything produces or consumes :class:`LabelledData`; :func:`load_data` and
-:func:`split_for_config` are what the run engine calls.
+:func:`split_for_config` (with :func:`reserve_meta_set` for a held-out meta set) are what
+the run engine calls.
 """
 
 from utilgen.data.bundled import load_bbc_news, load_digits
@@ -11,7 +12,14 @@ from utilgen.data.imagefolder import load_image_folder
 from utilgen.data.labelled import Item, LabelledData, Modality
 from utilgen.data.parquet import load_parquet
 from utilgen.data.sources import cap_per_class, load_data
-from utilgen.data.splits import Splits, k_shot, split_for_config, stratified_split
+from utilgen.data.splits import (
+    Splits,
+    check_meta_set,
+    k_shot,
+    reserve_meta_set,
+    split_for_config,
+    stratified_split,
+)
 from utilgen.data.tables import load_table
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "Modality",
     "Splits",
     "cap_per_class",
+    "check_meta_set",
     "k_shot",
     "load_bbc_news",
     "load_data",
@@ -28,6 +37,7 @@ __all__ = [
     "load_image_folder",
     "load_parquet",
     "load_table",
+    "reserve_meta_set",
     "split_for_config",
     "stratified_split",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,10 +21,11 @@ from utilgen.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Separate random streams for the two uses, so the k-shot draw is not a function of the
-# train/val/test shuffle.
+# Separate random streams for the three uses, so neither the k-shot draw nor the meta set is
+# a function of the train/val/test shuffle.
 _SPLIT_STREAM = 0
 _KSHOT_STREAM = 1
+_META_STREAM = 2
 
 MIN_PER_CLASS = 3  # one sample each for train, val and test
 
@@ -39,6 +40,9 @@ class Splits:
     unused_train: LabelledData | None = None
     """Training-split samples left out by ``k_shot`` (never val or test): the "broad" data a
     generator may be pretrained on, as Stable Diffusion was on LAION. ``None`` without k-shot."""
+    meta: LabelledData | None = None
+    """The Meta-Weight-Net's clean meta set, reserved from the validation split by
+    :func:`reserve_meta_set` (never in train, val or test); ``None`` when none is reserved."""
 
 
 def class_order(data: LabelledData, class_index: int, seed: int, stream: int) -> np.ndarray:
@@ -161,3 +165,57 @@ def split_for_config(data: LabelledData, cfg: DataConfig, seed: int) -> Splits:
         [i for i, sample_id in enumerate(splits.train.ids) if sample_id not in kept_ids]
     )
     return Splits(train=kept, val=splits.val, test=splits.test, unused_train=unused)
+
+
+def reserve_meta_set(splits: Splits, per_class: int, seed: int) -> Splits:
+    """``splits`` with ``per_class`` validation samples of every class moved to ``meta``.
+
+    UtilGen's weight net is trained to lower the loss of a clean meta set the weighted model
+    was not fitted on; taking it from validation, before anything else uses validation,
+    keeps it out of training, of validation accuracy and of every choice made on it. The
+    draw is per class, from its own random stream (seed, class name): the same seed gives
+    the same meta set, and for a fixed seed a smaller ``per_class`` gives a subset.
+
+    Raises:
+        DataError: a class's validation split cannot spare ``per_class`` samples and keep
+            at least one.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    val = splits.val
+    counts = val.class_counts()
+    short = int(np.argmin(counts))
+    if counts[short] < per_class + 1:
+        raise DataError(
+            f"valuation.meta_weight.meta_per_class={per_class} but class "
+            f"{val.class_names[short]!r} has {counts[short]} validation sample(s), and the "
+            f"held-out meta set must leave it at least 1; lower "
+            f"valuation.meta_weight.meta_per_class to at most {counts[short] - 1} or raise "
+            "data.val_fraction"
+        )
+    chosen = np.sort(
+        np.concatenate(
+            [class_order(val, c, seed, _META_STREAM)[:per_class] for c in range(val.num_classes)]
+        )
+    )
+    taken = set(chosen.tolist())
+    rest = [i for i in range(len(val)) if i not in taken]
+    meta = val.subset(chosen)
+    return replace(splits, val=val.subset(rest), meta=meta)
+
+
+def check_meta_set(splits: Splits) -> None:
+    """Raise DataError when the meta set shares an id with train (the samples the weighted
+    model is fitted on), val or test; a no-op without a meta set."""
+    if splits.meta is None:
+        return
+    meta_ids = set(splits.meta.ids)
+    for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        shared = sorted(meta_ids.intersection(part.ids))
+        if shared:
+            raise DataError(
+                f"the meta-weight meta set shares {len(shared)} sample id(s) with the {name} "
+                f"split (first {shared[0]!r}); it must hold real samples the weighted model "
+                "was not fitted on and validation does not use: set "
+                "valuation.meta_weight.meta_set=validation and give every sample its own id"
+            )

@@ -22,11 +22,20 @@ STAGE1 = "round 0 (stage 1)"
 def _data_line(plan: Plan) -> str:
     splits, data = plan.splits, plan.config.data
     shots = "all" if data.k_shot in (None, "all") else f"{data.k_shot} a class"
-    return (
+    line = (
         f"data: {splits.train.name}, {splits.train.num_classes} classes, {splits.train.modality}; "
         f"train {len(splits.train)} (k_shot {shots}), val {len(splits.val)}, "
         f"test {len(splits.test)}"
     )
+    if splits.meta is not None:
+        per_class = plan.config.valuation.meta_weight.meta_per_class
+        line += (
+            f", meta {len(splits.meta)} ({per_class} a class reserved from validation for "
+            "meta_weight's meta set)"
+        )
+    elif "meta_weight" in plan.config.valuation.scores:
+        line += "; meta_weight's meta set is drawn from train (meta_set: train, leaky)"
+    return line
 
 
 def _feedback_lines(config: RunConfig, n_requests: int) -> list[str]:

@@ -141,6 +141,10 @@ def value_and_select(
         checkpoints=judge_checkpoints,
         trained_epochs=cfg.task.epochs,  # stage 1 trained task.epochs epochs
         real_train=splits.train,
+        # meta_weight's clean meta set (reserved from validation; None with meta_set: train)
+        # and what the judge was fitted on, which the meta set must not share
+        meta_set=splits.meta,
+        fitted_ids=splits.train.ids,
         seed=cfg.seed,
     )
     record_scores(store, round_index, frame)

@@ -40,7 +40,7 @@ from utilgen.config import (
     save_config,
 )
 from utilgen.config.device import check_device_available
-from utilgen.data import LabelledData, Splits, load_data, split_for_config
+from utilgen.data import LabelledData, Splits, load_data
 from utilgen.determinism import resolve_device, seed_everything
 from utilgen.errors import ConfigError, UtilgenError
 from utilgen.faults import fault_point
@@ -53,6 +53,7 @@ from utilgen.loop.generation_round import RoundInputs, run_generation_round, sta
 from utilgen.loop.offline import offline_samples
 from utilgen.loop.policy import round_requests
 from utilgen.loop.results import RoundMetrics, Summary
+from utilgen.loop.run_splits import check_same_splits, run_splits, split_parts
 from utilgen.loop.stopping import (
     MAX_ROUNDS,
     PLATEAU,
@@ -145,15 +146,16 @@ def _check_generator_modality(config: RunConfig, splits: Splits) -> None:
 
 def plan_run(config: RunConfig, *, with_generator: bool = True) -> Plan:
     """Every check a run can make without a model, in the order a user's mistake is most
-    likely: device, backend, data and its splits (k-shot against the class sizes), the
-    synthetic ratio, round 1's requests (shots against the k-shot set, prompt maps), round
-    1 against the budget, hard-sample inputs. Loads the data, never a model; writes nothing.
+    likely: device, backend, data and its splits (k-shot against the class sizes, the
+    held-out meta set against validation), the synthetic ratio, round 1's requests (shots
+    against the k-shot set, prompt maps), round 1 against the budget, hard-sample inputs.
+    Loads the data, never a model; writes nothing.
     """
     check_device_available(config.loop.device)
     check_backend(config)  # Ray missing or its address unreachable: fail before any write
     seed_everything(config.seed)
     data: LabelledData = load_data(config.data)
-    splits = split_for_config(data, config.data, config.seed)
+    splits = run_splits(config, data)
     ratio_caps(config, splits.train)  # a ratio that rounds to nothing fails here
     if config.loop.mode == "offline":
         plan = Plan(config, splits, imported=tuple(offline_samples(config, splits.train)))
@@ -244,8 +246,9 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _stage1_pool(store: PoolStore, splits: Splits) -> None:
-    """Append the real samples of every split (idempotent on resume)."""
-    for split_name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+    """Append the real samples of every split, the meta set as split ``meta`` (idempotent
+    on resume)."""
+    for split_name, part in split_parts(splits):
         store.append(
             samples_from_labelled(part, split=split_name, source="real", round=STAGE1_ROUND)
         )
@@ -274,6 +277,7 @@ def _train_and_evaluate(prepared: Prepared, out: Path) -> dict[str, Any]:
         "generator_calls": 0,
         "n_val": len(splits.val),
         "n_test": len(splits.test),
+        "n_meta": len(splits.meta) if splits.meta is not None else 0,
         "train_loss": list(result.train_loss),
         "val_accuracy_per_epoch": list(result.val_accuracy),
         "train_accuracy": train_metrics["accuracy"],
@@ -500,6 +504,7 @@ def run(
     _check_same_config(run_dir, config)
     prepared = prepared or prepare(config)
     check_run_dir(run_dir, prepared.splits, repair=repair)
+    check_same_splits(run_dir, prepared.splits)
 
     # 2. lock the run directory and write the resolved config
     with PoolStore.open(run_dir, writable=True) as store:

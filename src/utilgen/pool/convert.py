@@ -23,10 +23,10 @@ def samples_from_labelled(
 ) -> list[Sample]:
     """One ``Sample`` per item of ``data``, in order, with its id, label and class name.
 
-    ``split`` is ``"train"``, ``"val"`` or ``"test"`` (``""`` only for synthetic data) and
-    ``source`` is ``"real"`` or ``"synthetic"``; anything else raises ValueError. Images are
-    encoded as PNG, texts as UTF-8; provenance fields keep their defaults (real data was
-    not generated).
+    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"meta"`` (``""`` only for synthetic
+    data) and ``source`` is ``"real"`` or ``"synthetic"``; anything else raises ValueError.
+    Images are encoded as PNG, texts as UTF-8; provenance fields keep their defaults (real
+    data was not generated).
     """
     if split not in SPLITS or source not in SOURCES:
         raise ValueError(f"split must be one of {SPLITS} and source one of {SOURCES}")

@@ -261,10 +261,12 @@ def _restore_from_dataset(
         if (
             row["id"] not in damaged
             or row["source"] != "real"
-            or row["split"] not in ("train", "val", "test")
+            or row["split"] not in ("train", "val", "test", "meta")
         ):
             continue
         part = getattr(splits, row["split"])
+        if part is None:  # a meta row, and this run reserves no meta set
+            continue
         index = positions.setdefault(row["split"], {i: n for n, i in enumerate(part.ids)})
         if row["id"] not in index:
             continue

@@ -16,11 +16,11 @@ from typing import Literal
 from utilgen.data.labelled import Modality
 
 Source = Literal["real", "synthetic"]
-Split = Literal["train", "val", "test", ""]
+Split = Literal["train", "val", "test", "meta", ""]
 
 MODALITIES: tuple[Modality, ...] = ("image", "text")
 SOURCES: tuple[Source, ...] = ("real", "synthetic")
-SPLITS: tuple[Split, ...] = ("train", "val", "test", "")
+SPLITS: tuple[Split, ...] = ("train", "val", "test", "meta", "")
 
 
 def content_hash(payload: bytes) -> str:
@@ -68,8 +68,9 @@ class Sample:
         class_name: the name of ``label`` (stored so that exports need no config).
         payload: PNG bytes (images) or UTF-8 bytes (texts); see ``utilgen.pool.payload``.
         source: ``"real"`` or ``"synthetic"``.
-        split: ``"train"``, ``"val"`` or ``"test"`` for real samples; ``""`` for synthetic
-            ones, which only ever join the training data.
+        split: ``"train"``, ``"val"`` or ``"test"`` for real samples, ``"meta"`` for the
+            meta-weight meta set reserved from validation; ``""`` for synthetic ones, which
+            only ever join the training data.
         round: the round that produced the sample (0 for the real data).
         generator: model id or path plus adapter hash, e.g. ``"sd-turbo+lora:3f2a..."``;
             ``""`` for real samples.

@@ -88,7 +88,7 @@ def filter_manifest(
     if source is not None and source not in SOURCES:
         raise PoolError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if split is not None and split not in SPLITS:
-        raise PoolError(f"split must be one of train, val, test or '', got {split!r}")
+        raise PoolError(f"split must be one of train, val, test, meta or '', got {split!r}")
     mask = np.ones(len(frame), dtype=bool)
     if source is not None:
         mask &= (frame["source"] == source).to_numpy()

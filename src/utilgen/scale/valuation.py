@@ -182,20 +182,25 @@ def score_samples_on_ray(
     checkpoints: Sequence[str | Path] = (),
     trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
+    meta_set: LabelledData | None = None,
+    fitted_ids: Sequence[str] = (),
     seed: int = 0,
 ) -> pd.DataFrame:
     """:func:`~utilgen.value.score_samples` with the per-sample passes on Ray.
 
     Same arguments (plus the :class:`~utilgen.scale.executor.RayExecutor`), the same checks
     and errors, and the same table: ``id`` then one float64 column per score in
-    ``cfg.scores``, equal to the local values. ``meta_weight`` is computed in the driver by
-    ``score_samples`` itself.
+    ``cfg.scores``, equal to the local values. ``meta_weight`` is computed in the driver, as
+    ``score_samples`` does, with the same meta set (``meta_set``) and overlap check
+    (``fitted_ids``).
     """
     valuators = build_valuators(
         cfg,
         checkpoints=checkpoints,
         trained_epochs=trained_epochs,
         real_train=real_train,
+        meta_set=meta_set,
+        fitted_ids=fitted_ids,
         seed=seed,
     )
     check_data(model, data, "valuation")

@@ -460,26 +460,69 @@ class MetaWeight:
     with ``cfg.train_on_real``, the real samples outside the meta set) and returns each
     scored sample's utility; the model's own weights are restored afterwards.
 
+    The meta set must be real samples the weighted model was not fitted on: the weight net
+    learns to lower its loss, and the loss of a sample the model has memorised says little
+    about what helps it generalise. The run reserves it from the validation split
+    (``valuation.meta_weight.meta_set: validation``, :func:`~utilgen.data.reserve_meta_set`)
+    and passes it as ``meta``.
+
     Args:
-        real: real training samples; ``cfg.meta_per_class`` per class form the clean meta set.
+        real: real training samples (the ``train_on_real`` extras); without ``meta``,
+            ``cfg.meta_per_class`` per class of them form the meta set (``meta_set: train``,
+            or a caller whose model was not fitted on ``real``).
         cfg: Meta-Weight-Net settings.
-        seed: fixes the meta set, the weight net and the visiting order.
+        seed: fixes the meta set drawn from ``real``, the weight net and the visiting order.
+        meta: the clean meta set, e.g. the run's ``Splits.meta``.
+        fitted: ids of the samples the starting model was fitted on (the run's real training
+            split). A meta set that shares one is refused, unless ``cfg.meta_set`` is
+            ``train`` (the leaky option, chosen explicitly: then a warning).
+
+    Raises:
+        ValuationError: an empty meta set, or one that shares ids with ``fitted``.
     """
 
     name = "meta_weight"
 
-    def __init__(self, real: LabelledData, cfg: MetaWeightConfig | None = None, *, seed: int = 0):
+    def __init__(
+        self,
+        real: LabelledData,
+        cfg: MetaWeightConfig | None = None,
+        *,
+        seed: int = 0,
+        meta: LabelledData | None = None,
+        fitted: Sequence[str] = (),
+    ):
         self.cfg = cfg or MetaWeightConfig()
         self.seed = seed
-        self.meta = k_shot(real, self.cfg.meta_per_class, seed)
+        self.meta = meta if meta is not None else k_shot(real, self.cfg.meta_per_class, seed)
         if not len(self.meta):
             raise ValuationError(
                 "meta_weight needs real samples for its clean meta set, got none; pass the "
                 "real training split"
             )
         meta_ids = set(self.meta.ids)
+        self._check_not_fitted(meta_ids, fitted)
         self.real_rest = real.subset([i for i, s in enumerate(real.ids) if s not in meta_ids])
         self.last_result: MetaWeightResult | None = None
+
+    def _check_not_fitted(self, meta_ids: set[str], fitted: Sequence[str]) -> None:
+        """Refuse a meta set the starting model was fitted on (warn for ``meta_set: train``)."""
+        shared = sorted(meta_ids.intersection(fitted))
+        if not shared:
+            return
+        if self.cfg.meta_set == "train":
+            log.warning(
+                "meta_weight: %d of the %d meta samples are ones the judge was fitted on "
+                "(valuation.meta_weight.meta_set=train); the meta loss is on memorised samples",
+                len(shared),
+                len(meta_ids),
+            )
+            return
+        raise ValuationError(
+            f"meta_weight: the meta set shares {len(shared)} sample(s) with the real samples "
+            f"the weighted model was fitted on (first {shared[0]!r}); reserve it from "
+            "validation (valuation.meta_weight.meta_set=validation)"
+        )
 
     def __repr__(self) -> str:
         return f"MetaWeight(meta={len(self.meta)} samples, epochs={self.cfg.epochs})"
@@ -507,6 +550,12 @@ class MetaWeight:
         if not len(data):
             return np.zeros(0, dtype=np.float64)
         train_set = self.training_set(data)
+        trained_on = sorted(set(self.meta.ids).intersection(train_set.ids))
+        if trained_on:
+            raise ValuationError(
+                f"meta_weight: {len(trained_on)} of the samples it would train on are in its "
+                f"meta set (first {trained_on[0]!r}); score samples outside the meta set"
+            )
         with preserved_state(model.module()):
             result = train_meta_weighted(model, train_set, self.meta, self.cfg, seed=self.seed)
         self.last_result = result

@@ -3,7 +3,8 @@
 This is what the round engine calls after generation:
 
     frame = score_samples(cfg.valuation, model, synthetic, checkpoints=ckpts,
-                          trained_epochs=cfg.task.epochs, real_train=real)
+                          trained_epochs=cfg.task.epochs, real_train=real,
+                          meta_set=splits.meta, fitted_ids=splits.train.ids)
     record_scores(store, round_index, frame)
     apply_selection(store, round_index, build_selector(cfg.valuation.selection)
                     .select(scored_samples(synthetic, frame)))
@@ -65,6 +66,8 @@ def build_valuators(
     checkpoints: Sequence[str | Path] = (),
     trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
+    meta_set: LabelledData | None = None,
+    fitted_ids: Sequence[str] = (),
     seed: int = 0,
 ) -> dict[str, Valuator]:
     """One valuator per score in ``cfg.scores`` (in order), built and checked up front.
@@ -76,6 +79,10 @@ def build_valuators(
             against which ``cfg.vog_checkpoints`` picks its epochs; None: the last
             checkpoint's epoch.
         real_train: the real training split (``similarity``, ``composite``, ``meta_weight``).
+        meta_set: ``meta_weight``'s clean meta set (the run's ``Splits.meta``, reserved from
+            validation); None: ``meta_per_class`` per class of ``real_train``.
+        fitted_ids: ids of the samples the model was fitted on (``meta_weight`` refuses a
+            meta set that shares one, unless ``meta_set: train`` chose that).
         seed: fixes the meta set and the weight net (``meta_weight``).
 
     Raises:
@@ -98,7 +105,13 @@ def build_valuators(
                 normalization=cfg.normalization,
             )
         elif name == "meta_weight":
-            valuators[name] = MetaWeight(_need_real(real_train, name), cfg.meta_weight, seed=seed)
+            valuators[name] = MetaWeight(
+                _need_real(real_train, name),
+                cfg.meta_weight,
+                seed=seed,
+                meta=meta_set,
+                fitted=fitted_ids,
+            )
         else:  # pragma: no cover - ScoreName lists every score
             raise ValuationError(f"unknown valuation score {name!r}")
     return valuators
@@ -112,6 +125,8 @@ def score_samples(
     checkpoints: Sequence[str | Path] = (),
     trained_epochs: int | None = None,
     real_train: LabelledData | None = None,
+    meta_set: LabelledData | None = None,
+    fitted_ids: Sequence[str] = (),
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every score in ``cfg.scores`` for every sample of ``data``.
@@ -120,7 +135,8 @@ def score_samples(
         cfg: the ``valuation`` config section.
         model: the current task model (its weights are left as they are).
         data: the samples to score (synthetic or real), with their labels.
-        checkpoints, trained_epochs, real_train, seed: see :func:`build_valuators`.
+        checkpoints, trained_epochs, real_train, meta_set, fitted_ids, seed: see
+            :func:`build_valuators`.
 
     Returns:
         a DataFrame with column ``id`` (``data.ids``, in order) and one float64 column per
@@ -134,6 +150,8 @@ def score_samples(
         checkpoints=checkpoints,
         trained_epochs=trained_epochs,
         real_train=real_train,
+        meta_set=meta_set,
+        fitted_ids=fitted_ids,
         seed=seed,
     )
     check_data(model, data, "valuation")
