@@ -1,9 +1,10 @@
 """Sample efficiency of a finished run: test accuracy against synthetic samples used.
 
-The run's final round trained a fresh task model on the real training split plus the
-synthetic samples its ``rounds/NNN/training_set.parquet`` records, with their selection
-weights (``utilgen.loop.training_set``). Here the
-same model (same config, seed and initial weights) is retrained on the real split plus
+The run's final round trained a fresh task model (with ``loop.continue_training``: the
+previous round's classifier) on the real training split plus the synthetic samples its
+``rounds/NNN/training_set.parquet`` records, with their selection weights
+(``utilgen.loop.training_set``). Here the same model (same config, seed and starting
+weights) is retrained on the real split plus
 nested, class-stratified subsets of those synthetic samples and evaluated on the test
 split, one point per fraction. At fraction 1.0 the training set, weights and seed are the
 round's own, so on CPU the point reproduces the run's final test accuracy exactly.
@@ -37,6 +38,7 @@ from utilgen.atomic import write_json_atomic
 from utilgen.config import RunConfig, config_to_yaml, load_config
 from utilgen.data import LabelledData, Splits
 from utilgen.errors import UtilgenError
+from utilgen.loop.continued import continue_from_previous, round_task_config
 from utilgen.loop.run import build_model, prepare
 from utilgen.loop.training_set import read_training_set
 from utilgen.pool import PoolStore, RunLayout
@@ -174,9 +176,12 @@ def train_point(
     indices: np.ndarray,
     fraction: float,
     advance: Advance | None = None,
+    start: tuple[RunLayout, int] | None = None,
 ) -> dict[str, Any]:
     """Retrain the run's task model from its initial weights on real + ``synthetic`` at
-    ``indices`` (with their weights) and evaluate it on the test split.
+    ``indices`` (with their weights) and evaluate it on the test split. ``start``: the run
+    and its final round, when that round continued the previous round's classifier
+    (``loop.continue_training``): the retraining starts from the same checkpoint.
 
     Returns the point: ``fraction``, ``n_synthetic``, test ``accuracy`` and
     ``worst_class_ratio``, and ``seconds`` of wall time.
@@ -186,7 +191,10 @@ def train_point(
     train_data = splits.train.concat(subset) if len(subset) else splits.train
     weights = np.concatenate([np.ones(len(splits.train)), synthetic.weights[indices]])
     model = build_model(config, splits)
-    train(model, train_data, config.task, weights=weights, seed=config.seed, progress=advance)
+    if start is not None:  # loop.continue_training: the round started from the one before
+        continue_from_previous(model, start[0], start[1])
+    task = round_task_config(config)
+    train(model, train_data, task, weights=weights, seed=config.seed, progress=advance)
     test = evaluate(model, splits.test)
     return {
         "fraction": fraction,
@@ -256,10 +264,12 @@ def efficiency_curve(
         todo = [f for f in wanted if f not in points]
         if points:
             log.info("efficiency: reusing %d computed point(s)", len(points))
-        with progress_bar("efficiency curve", len(todo) * config.task.epochs) as advance:
+        start = (layout, round_index) if config.loop.continue_training else None
+        epochs = round_task_config(config).epochs
+        with progress_bar("efficiency curve", len(todo) * epochs) as advance:
             for fraction in todo:
                 points[fraction] = train_point(
-                    config, splits, synthetic, subsets[fraction], fraction, advance
+                    config, splits, synthetic, subsets[fraction], fraction, advance, start
                 )
                 log.info(
                     "efficiency: fraction %g (%d synthetic): accuracy %.4f",
