@@ -45,6 +45,7 @@ ROUND_PATHS = {
     "control": "control.parquet",
     "hard_sample_plan": "hard_samples.json",
     "instance_requests": "instance_requests",  # + .json / .safetensors
+    "meta_weight_net": "meta_weight_net.safetensors",
 }
 
 

@@ -28,6 +28,7 @@ from utilgen.config.section import Section
 DriftMeasure = Literal["cosine", "l2"]
 NoisePenalty = Literal["kl", "norm"]
 UtilityModel = Literal["judge", "student"]
+UtilityName = Literal["log_prob", "meta_weight"]
 
 
 def check_img2img_strengths(value: list[float]) -> list[float]:
@@ -171,9 +172,16 @@ class NoiseOptimisationConfig(GradientPathConfig):
 class InstanceFeedbackConfig(Section):
     """Settings shared by the instance-level components."""
 
+    utility: UtilityName = Field(
+        "log_prob",
+        description="What prompt ascent and noise optimisation raise: log_prob, the "
+        "utility_model's log p(y|x) of the intended class; or meta_weight, UtilGen's "
+        "meta-learned utility V(CE(f(x), y); Theta) with Theta the weight net the previous "
+        "round's meta_weight valuation trained (needs meta_weight in valuation.scores).",
+    )
     utility_model: UtilityModel = Field(
         "judge",
-        description="The classifier whose log p(y|x) prompt ascent and noise optimisation "
-        "raise: judge, the stage-1 real-data classifier that also values every round, or "
-        "student, the classifier trained in the round just finished.",
+        description="The classifier f the utility is computed with: judge, the stage-1 "
+        "real-data classifier that also values every round, or student, the classifier "
+        "trained in the round just finished.",
     )

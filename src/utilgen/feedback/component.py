@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 if TYPE_CHECKING:
     from utilgen.config import RunConfig
     from utilgen.data import Splits
-    from utilgen.feedback.utility import LogProbUtility
+    from utilgen.feedback.utility import Utility
     from utilgen.generate import GenerationRequest, Generator
     from utilgen.generate.differentiable import DifferentiableSampler
     from utilgen.pool import PoolStore
@@ -123,7 +123,7 @@ class FeedbackComponent(Protocol):
         self,
         ctx: RoundContext,
         requests: list[GenerationRequest],
-        utility: LogProbUtility,
+        utility: Utility,
         sampler: DifferentiableSampler,
     ) -> list[GenerationRequest]:
         """``requests`` optimised to raise ``utility`` through ``sampler``

@@ -51,7 +51,7 @@ from utilgen.feedback.prompt_ascent import (
     request_batches,
     request_settings,
 )
-from utilgen.feedback.utility import LogProbUtility
+from utilgen.feedback.utility import Utility
 from utilgen.generate.differentiable import DifferentiableSampler
 from utilgen.generate.request import GenerationRequest
 
@@ -105,8 +105,9 @@ class NoiseResult:
             *noise_shape) set to its outputs' best noise, ``guidance_scale`` the regeneration
             guidance, ``num_inference_steps`` the steps used, and ``metadata["noise_opt"]``
             recording the run.
-        utility_before: per request, mean log p(y|x) (nats, <= 0) of the samples the request
-            gave as it was, on the float samples.
+        utility_before: per request, mean utility (log p(y|x), nats <= 0; or the meta
+            weight, in (0, 1)) of the samples the request gave as it was, on the float
+            samples.
         utility_inverted: the same for the inverted noise regenerated at the regeneration
             guidance (what asymmetric CFG alone gives).
         utility_after: the same for the returned noise.
@@ -124,7 +125,7 @@ class NoiseResult:
 
 def _noise_objective(
     sampler: DifferentiableSampler,
-    utility: LogProbUtility,
+    utility: Utility,
     cfg: NoiseOptimisationConfig,
     cond_rows: torch.Tensor,
     null_rows: torch.Tensor,
@@ -152,7 +153,7 @@ def _noise_objective(
 
 def _optimise_batch(
     sampler: DifferentiableSampler,
-    utility: LogProbUtility,
+    utility: Utility,
     batch: Sequence[GenerationRequest],
     cfg: NoiseOptimisationConfig,
     g_regen: float,
@@ -237,7 +238,7 @@ def _optimise_batch(
 
 def optimise_noise(
     sampler: DifferentiableSampler,
-    utility: LogProbUtility,
+    utility: Utility,
     requests: Sequence[GenerationRequest],
     cfg: NoiseOptimisationConfig,
     *,
@@ -279,7 +280,7 @@ def optimise_noise(
             advance(len(batch))
     if requests:
         log.info(
-            "noise optimisation: %d requests, mean log p(y|x) %.4f (as requested) -> %.4f "
+            "noise optimisation: %d requests, mean utility %.4f (as requested) -> %.4f "
             "(inverted at guidance %g, regenerated at %g) -> %.4f (optimised)",
             len(requests),
             sum(before) / len(before),

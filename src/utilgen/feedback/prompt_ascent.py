@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from utilgen.config import PromptAscentConfig
 from utilgen.config.instance import DriftMeasure
 from utilgen.feedback.errors import FeedbackError
-from utilgen.feedback.utility import LogProbUtility
+from utilgen.feedback.utility import Utility
 from utilgen.generate.differentiable import DifferentiableSampler
 from utilgen.generate.request import GenerationRequest
 from utilgen.progress import progress_bar
@@ -318,8 +318,9 @@ class AscentResult:
         drift: per request, the bounded drift of the returned embedding (cosine: largest
             per-token 1 - cos; l2: relative distance); <= ``max_drift``, and exactly 0 for a
             request returned with its original embedding (``best_step`` 0).
-        utility_before: per request, mean log p(y|x) (nats, <= 0) of its outputs from the
-            original embedding, on the float samples.
+        utility_before: per request, mean utility (log p(y|x), nats <= 0; or the meta
+            weight, in (0, 1)) of its outputs from the original embedding, on the float
+            samples.
         utility_after: the same from the returned embedding.
         best_step: per request, the Adam step of the returned embedding (0: the original).
     """
@@ -333,7 +334,7 @@ class AscentResult:
 
 def _ascent_objective(
     sampler: DifferentiableSampler,
-    utility: LogProbUtility,
+    utility: Utility,
     cfg: PromptAscentConfig,
     e0: torch.Tensor,
     null: torch.Tensor,
@@ -361,7 +362,7 @@ def _ascent_objective(
 
 def ascend_prompts(
     sampler: DifferentiableSampler,
-    utility: LogProbUtility,
+    utility: Utility,
     requests: Sequence[GenerationRequest],
     cfg: PromptAscentConfig,
     *,
@@ -439,7 +440,7 @@ def ascend_prompts(
             advance(len(batch))
     if requests:
         log.info(
-            "prompt ascent: %d requests, mean log p(y|x) %.4f -> %.4f, largest %s drift %.4g "
+            "prompt ascent: %d requests, mean utility %.4f -> %.4f, largest %s drift %.4g "
             "(bound %.4g)",
             len(requests),
             sum(before) / len(before),

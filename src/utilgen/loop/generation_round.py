@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,19 @@ def stage1_judge(model: TaskModel, stage1_checkpoints: Path) -> tuple[TaskModel,
     return model, found
 
 
+def keep_weight_net(layout: RoundLayout, name: str, valuator: object) -> None:
+    """Save the weight net a ``meta_weight`` valuation trained to the round's
+    ``meta_weight_net.safetensors`` (the next round's meta-weight utility reads it); a file
+    already there is kept, so a resumed round does not rewrite it."""
+    from utilgen.value.meta_weight import MetaWeight
+    from utilgen.value.weight_net_file import save_weight_net
+
+    if not isinstance(valuator, MetaWeight) or valuator.last_result is None:
+        return
+    if save_weight_net(valuator.last_result.weight_net, layout.meta_weight_net):
+        log.info("saved the meta-weight net to %s", layout.meta_weight_net)
+
+
 def value_and_select(
     store: PoolStore,
     cfg: RunConfig,
@@ -120,7 +134,8 @@ def value_and_select(
 ) -> None:
     """Score the round's kept synthetic samples with the stage-1 model, record the scores,
     apply ``valuation.selection`` (kept, reason and training weight go into the pool, where
-    :func:`~utilgen.loop.training_set.build_training_set` reads them)."""
+    :func:`~utilgen.loop.training_set.build_training_set` reads them). A ``meta_weight``
+    score's trained weight net is saved to ``rounds/NNN/meta_weight_net.safetensors``."""
     from utilgen.value import (
         apply_selection,
         build_selector,
@@ -146,6 +161,7 @@ def value_and_select(
         meta_set=splits.meta,
         fitted_ids=splits.train.ids,
         seed=cfg.seed,
+        on_scored=partial(keep_weight_net, store.layout.round(round_index)),
     )
     record_scores(store, round_index, frame)
     fault_point("value.scored")

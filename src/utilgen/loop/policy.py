@@ -10,8 +10,10 @@ feedback effect is measured against). From round 2 on, in the registry's order
   what they depend on in the round's directory (``rounds/NNN/hard_samples.json``);
 * components that *optimise* requests (``prompt_ascent``, ``noise_opt``: UtilGen's instance
   level) run one after the other on the round's static requests, with one utility
-  (``feedback.instance.utility_model``'s log p(y|x)) and one differentiable sampler; the
-  result is written to ``rounds/NNN/instance_requests.{json,safetensors}``.
+  (``feedback.instance.utility``: ``utility_model``'s log p(y|x), or the meta-weight
+  utility with the weight net round r-1's valuation saved) and one differentiable sampler;
+  the result, each request's metadata naming the utility (``instance_utility``), is written
+  to ``rounds/NNN/instance_requests.{json,safetensors}``.
 
 A resumed round reads those files instead of recomputing them, so it issues the very same
 requests (their keys, hence the sample ids, hash the optimised tensors).
@@ -19,6 +21,7 @@ requests (their keys, hence the sample ids, hash the optimised tensors).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -59,7 +62,7 @@ def round_requests(
 def _optimised_requests(
     ctx: RoundContext, requests: list[GenerationRequest], optimisers: list[FeedbackComponent]
 ) -> list[GenerationRequest]:
-    from utilgen.feedback.utility import LogProbUtility
+    from utilgen.feedback.utility import round_utility
     from utilgen.generate.differentiable import differentiable_sampler
     from utilgen.generate.request_io import read_requests, write_requests
 
@@ -67,10 +70,14 @@ def _optimised_requests(
     if path.with_suffix(".json").exists():
         log.info("round %d: optimised requests read from %s", ctx.round_index, path)
         return read_requests(path)
-    utility = LogProbUtility(ctx.scorer(ctx.config.feedback.instance.utility_model))
+    utility = round_utility(ctx)
     sampler = differentiable_sampler(ctx.generator)
     for optimiser in optimisers:
         requests = optimiser.optimise_requests(ctx, requests, utility, sampler)
+    requests = [
+        dataclasses.replace(r, metadata={**r.metadata, "instance_utility": utility.name})
+        for r in requests
+    ]
     fault_point("policy.planned")
     write_requests(path, requests)
     return requests

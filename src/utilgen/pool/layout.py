@@ -11,7 +11,8 @@ RUN/
   rounds/NNN/              one folder per round (:class:`RoundLayout`): metrics.json,
                            scores.parquet, training_set.parquet, checkpoints/,
                            pairs.parquet, adapters/dpo/, control.parquet, hard_samples.json,
-                           instance_requests.{json,safetensors}
+                           instance_requests.{json,safetensors},
+                           meta_weight_net.safetensors
   feedback_effect.json     with feedback_effect.png and feedback_control.png
   summary.json             written last
   repair.json              what `utilgen run --repair` changed
@@ -60,6 +61,7 @@ TRAINING_RESULT_FILE = "result.json"
 CONTROL_FILE = "control.parquet"
 HARD_SAMPLE_PLAN = "hard_samples.json"
 INSTANCE_REQUESTS = "instance_requests"  # + .json and .safetensors
+META_WEIGHT_NET = "meta_weight_net.safetensors"
 
 _ROUND_NAME = re.compile(r"^\d{3}$")
 
@@ -130,6 +132,12 @@ class RoundLayout:
         """``instance_requests``: the stem of the optimised requests' ``.json`` and
         ``.safetensors`` (:mod:`utilgen.generate.request_io` adds the suffixes)."""
         return self.path / INSTANCE_REQUESTS
+
+    @property
+    def meta_weight_net(self) -> Path:
+        """``meta_weight_net.safetensors``: the weight net the round's ``meta_weight``
+        valuation trained (:mod:`utilgen.value.weight_net_file`)."""
+        return self.path / META_WEIGHT_NET
 
 
 @dataclass(frozen=True, init=False)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from utilgen.scale.cluster import import_ray
 from utilgen.scale.executor import Call, RayExecutor
 from utilgen.task import TaskModel
 from utilgen.task.checkpoint import load_checkpoint
-from utilgen.value.base import check_data, preserved_state
+from utilgen.value.base import Valuator, check_data, preserved_state
 from utilgen.value.composite import Composite, composite_utility
 from utilgen.value.logit_scores import OutputScore, margin
 from utilgen.value.scoring import build_valuators
@@ -185,10 +185,12 @@ def score_samples_on_ray(
     meta_set: LabelledData | None = None,
     fitted_ids: Sequence[str] = (),
     seed: int = 0,
+    on_scored: Callable[[str, Valuator], None] | None = None,
 ) -> pd.DataFrame:
     """:func:`~utilgen.value.score_samples` with the per-sample passes on Ray.
 
-    Same arguments (plus the :class:`~utilgen.scale.executor.RayExecutor`), the same checks
+    Same arguments (plus the :class:`~utilgen.scale.executor.RayExecutor`; ``on_scored``
+    is called as there), the same checks
     and errors, and the same table: ``id`` then one float64 column per score in
     ``cfg.scores``, equal to the local values. ``meta_weight`` is computed in the driver, as
     ``score_samples`` does, with the same meta set (``meta_set``) and overlap check
@@ -225,5 +227,7 @@ def score_samples_on_ray(
         else:  # meta_weight: one training over every sample, in the driver
             values = valuator.score(model, data)
         frame[name] = np.asarray(values, dtype=np.float64)
+        if on_scored is not None:
+            on_scored(name, valuator)
         log.info("scored %d samples on ray: %s", len(data), name)
     return frame

@@ -13,7 +13,7 @@ This is what the round engine calls after generation:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,7 @@ def score_samples(
     meta_set: LabelledData | None = None,
     fitted_ids: Sequence[str] = (),
     seed: int = 0,
+    on_scored: Callable[[str, Valuator], None] | None = None,
 ) -> pd.DataFrame:
     """Every score in ``cfg.scores`` for every sample of ``data``.
 
@@ -137,6 +138,8 @@ def score_samples(
         data: the samples to score (synthetic or real), with their labels.
         checkpoints, trained_epochs, real_train, meta_set, fitted_ids, seed: see
             :func:`build_valuators`.
+        on_scored: called with each score's name and valuator once its column is filled
+            (the round engine saves the trained meta-weight net from it).
 
     Returns:
         a DataFrame with column ``id`` (``data.ids``, in order) and one float64 column per
@@ -166,6 +169,8 @@ def score_samples(
         else:
             values = valuator.score(model, data)
         frame[name] = np.asarray(values, dtype=np.float64)
+        if on_scored is not None:
+            on_scored(name, valuator)
         log.info("scored %d samples: %s", len(data), name)
     return frame
 

@@ -13,9 +13,21 @@ from utilgen.feedback.components._image import require_image_generator, require_
 
 if TYPE_CHECKING:
     from utilgen.config import RunConfig
-    from utilgen.feedback.utility import LogProbUtility
+    from utilgen.feedback.utility import Utility
     from utilgen.generate import GenerationRequest
     from utilgen.generate.differentiable import DifferentiableSampler
+
+
+def require_utility_scores(config: RunConfig, name: str) -> None:
+    """Refuse ``feedback.instance.utility=meta_weight`` when no round trains a weight net."""
+    if config.feedback.instance.utility == "meta_weight" and (
+        "meta_weight" not in config.valuation.scores
+    ):
+        raise ValueError(
+            f"{name}: feedback.instance.utility=meta_weight needs the weight net a round's "
+            "meta_weight valuation trains; add meta_weight to valuation.scores or set "
+            "feedback.instance.utility=log_prob"
+        )
 
 
 class PromptAscent(FeedbackComponent):
@@ -26,6 +38,7 @@ class PromptAscent(FeedbackComponent):
     def check_config(self, config: RunConfig) -> None:
         require_image_generator(config, "prompt_ascent")
         require_text_to_image(config, "prompt_ascent")
+        require_utility_scores(config, "prompt_ascent")
 
     def describe(self, config: RunConfig, n_requests: int) -> str:
         return (
@@ -40,7 +53,7 @@ class PromptAscent(FeedbackComponent):
         self,
         ctx: RoundContext,
         requests: list[GenerationRequest],
-        utility: LogProbUtility,
+        utility: Utility,
         sampler: DifferentiableSampler,
     ) -> list[GenerationRequest]:
         from utilgen.feedback.prompt_ascent import ascend_prompts
@@ -58,6 +71,7 @@ class NoiseOptimisation(FeedbackComponent):
     def check_config(self, config: RunConfig) -> None:
         require_image_generator(config, "noise_opt")
         require_text_to_image(config, "noise_opt")
+        require_utility_scores(config, "noise_opt")
 
     def describe(self, config: RunConfig, n_requests: int) -> str:
         return (
@@ -72,7 +86,7 @@ class NoiseOptimisation(FeedbackComponent):
         self,
         ctx: RoundContext,
         requests: list[GenerationRequest],
-        utility: LogProbUtility,
+        utility: Utility,
         sampler: DifferentiableSampler,
     ) -> list[GenerationRequest]:
         from utilgen.feedback.noise_optimisation import optimise_noise
