@@ -22,6 +22,7 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
             "valuation.scores=[marginal, margin]",
             "valuation.selection=[{rule: top_k, score: marginal, k: 10}]",
             "feedback.pairs.score=marginal",
+            "feedback.instance.utility=log_prob",
         ],
     ),
     "digits-utilgen-no-dpo": ("digits-utilgen", ["feedback.components=[prompt_ascent, noise_opt]"]),
