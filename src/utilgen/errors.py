@@ -48,3 +48,10 @@ def disk_full_message(err: OSError) -> str:
         "finished before this step is intact: free space (or point --out and "
         "UTILGEN_CACHE_DIR elsewhere) and re-run the same command to resume"
     )
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, surrounding whitespace stripped; its type's name
+    when the message is empty (for one-line errors that quote the cause)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -6,7 +6,7 @@ Bars go to stderr so that tables and JSON on stdout stay clean for pipes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from rich.console import Console
 from rich.progress import (
@@ -52,3 +52,17 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
             progress.advance(task, n)
 
         yield advance
+
+
+def _no_advance(n: int = 1) -> None:
+    """The ``advance`` of work shown without a bar."""
+
+
+def progress_or_nothing(
+    description: str, total: int | None, progress: bool
+) -> AbstractContextManager[Callable[[int], None]]:
+    """:func:`progress_bar` when ``progress`` is on, else a context yielding a no-op
+    ``advance``."""
+    if progress:
+        return progress_bar(description, total)
+    return nullcontext(_no_advance)

@@ -51,7 +51,6 @@ eval mode.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -92,7 +91,7 @@ from utilgen.feedback.lm_dpo_policy import (
     supports_logits_to_keep,
 )
 from utilgen.feedback.training_log import TrainingLog, write_result
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 __all__ = [
     "REF_ADAPTER",
@@ -434,7 +433,7 @@ def _train_steps(
     pending = _Pending()
     step = 0
     logs = TrainingLog(out_dir, enabled=main, scalar_prefix=SCALAR_PREFIX, sort_keys=True)
-    bar = progress_bar(description, total) if main else contextlib.nullcontext(lambda n: None)
+    bar = progress_or_nothing(description, total, main)
     with logs, bar as advance:
         for epoch in range(cfg.epochs):
             sampler.set_epoch(epoch)

@@ -47,13 +47,13 @@ from utilgen.feedback.prompt_ascent import (
     check_text_to_image,
     minimise_rows,
     per_request_mean,
-    progress_or_nothing,
     request_batches,
     request_settings,
 )
 from utilgen.feedback.utility import Utility
 from utilgen.generate.differentiable import DifferentiableSampler
 from utilgen.generate.request import GenerationRequest
+from utilgen.progress import progress_or_nothing
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ Adam loop with best-iterate tracking) are shared with :mod:`utilgen.feedback.noi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -50,7 +49,7 @@ from utilgen.feedback.errors import FeedbackError
 from utilgen.feedback.utility import Utility
 from utilgen.generate.differentiable import DifferentiableSampler
 from utilgen.generate.request import GenerationRequest
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 log = logging.getLogger(__name__)
 
@@ -293,15 +292,6 @@ def minimise_rows(
         objective_best=objective_best,
         utility_best=utility_best,
     )
-
-
-def progress_or_nothing(
-    description: str, total: int, progress: bool
-) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-    """A progress bar's ``advance``, or a no-op one when ``progress`` is off."""
-    if progress:
-        return progress_bar(description, total)
-    return contextlib.nullcontext(lambda n: None)
 
 
 # 4. prompt-embedding ascent -----------------------------------------------------------------

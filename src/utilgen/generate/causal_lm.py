@@ -25,7 +25,6 @@ Greedy decoding (``temperature=0``) is batch-invariant in the same sense.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +33,15 @@ from transformers import GenerationConfig
 
 from utilgen.config import CausalLMConfig, TextFilterConfig
 from utilgen.data.labelled import Modality
+from utilgen.errors import first_line
 from utilgen.generate.base import make_sample
-from utilgen.generate.causal_lm_loading import _first_line, load_causal_lm, model_name
+from utilgen.generate.causal_lm_loading import load_causal_lm, model_name
 from utilgen.generate.causal_lm_sampling import Completion, SamplingSettings, sampling_processors
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.generate.text_filters import clean_text
 from utilgen.pool.payload import encode_text
 from utilgen.pool.sample import Sample
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 if TYPE_CHECKING:
     from utilgen.generate.vllm_backend import VLLMGenerator
@@ -173,7 +173,7 @@ class CausalLMGenerator:
             )
         except Exception as err:  # jinja raises its own TemplateError
             raise GenerationError(
-                f"the chat template of {self.name} rejects these messages ({_first_line(err)}); "
+                f"the chat template of {self.name} rejects these messages ({first_line(err)}); "
                 "unset generator.lm.system_prompt or set generator.lm.use_chat_template=false"
             ) from None
         return str(text)
@@ -261,8 +261,8 @@ class CausalLMGenerator:
         settings = sampling or self.sampling
         texts = [self.format_prompt(p, system_prompt) for p in prompts]
         out: list[Completion] = []
-        bar = progress_bar(f"generating texts ({self.name})", len(texts)) if progress else None
-        with bar if bar is not None else contextlib.nullcontext(lambda n: None) as advance:
+        bar = progress_or_nothing(f"generating texts ({self.name})", len(texts), progress)
+        with bar as advance:
             for start in range(0, len(texts), self.batch_size):
                 part = slice(start, start + self.batch_size)
                 out += self._complete_batch(texts[part], seeds[part], settings)
@@ -286,8 +286,8 @@ class CausalLMGenerator:
                 )
         rows = [(r, i) for r in requests for i in range(r.num_outputs)]
         texts = {id(r): self.format_prompt(r.prompt) for r in requests}
-        bar = progress_bar(f"generating texts ({self.name})", len(rows)) if progress else None
-        with bar if bar is not None else contextlib.nullcontext(lambda n: None) as advance:
+        bar = progress_or_nothing(f"generating texts ({self.name})", len(rows), progress)
+        with bar as advance:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
                 completions = self._complete_batch(

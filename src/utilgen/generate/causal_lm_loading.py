@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from utilgen.config import CausalLMConfig
-from utilgen.errors import ModelNotFoundError
+from utilgen.errors import ModelNotFoundError, first_line
 from utilgen.generate.dtypes import lm_dtype
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,6 @@ def resolve_model_source(model: str | None, gguf_file: str | None = None) -> Mod
     return ModelSource(model, gguf_file, model, local=False)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _load(loader: Callable[..., Any], source: ModelSource, what: str, **kwargs: Any) -> Any:
     """``loader(source.path, ...)`` with ``local_files_only`` and one-line errors."""
     if source.gguf_file is not None:
@@ -127,7 +122,7 @@ def _load(loader: Callable[..., Any], source: ModelSource, what: str, **kwargs: 
         if source.local:
             raise ModelNotFoundError(
                 f"generator.lm.model {source.name!r} holds no loadable {what} "
-                f"({_first_line(err)}); pass a directory written by save_pretrained or a .gguf"
+                f"({first_line(err)}); pass a directory written by save_pretrained or a .gguf"
                 " file"
             ) from None
         raise ModelNotFoundError(

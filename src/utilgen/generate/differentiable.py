@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from utilgen.generate.request import GenerationError, GenerationRequest
 
@@ -105,6 +106,14 @@ class DifferentiableSampler(Protocol):
         fixed-point iteration, as in ReNoise / AIDI), which makes each step the exact
         inverse of the sampler's step when the sampler does not clip its x0 prediction."""
         ...
+
+
+def resize_bicubic(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images (n, C, H, W) in [0, 1] resized to ``size`` (height, width), differentiably:
+    bicubic with antialiasing (torch's counterpart of the PNG path's PIL bicubic), clamped
+    back into [0, 1] where the bicubic kernel overshoots."""
+    resized = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized.clamp(0.0, 1.0)
 
 
 def differentiable_sampler(generator: object) -> DifferentiableSampler:

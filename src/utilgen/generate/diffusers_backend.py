@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.generate.schedulers import make_scheduler
 from utilgen.pool.payload import encode_image
 from utilgen.pool.sample import Sample
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 logger = logging.getLogger(__name__)
 
@@ -432,9 +431,7 @@ class DiffusersGenerator:
         done: dict[tuple[int, int], bytes] = {}
         facts: dict[str, dict[str, Any]] = {}
         emitted = 0
-        bar: AbstractContextManager[Callable[[int], None]] = (
-            progress_bar("generating images", len(order)) if progress else nullcontext(_no_op)
-        )
+        bar = progress_or_nothing("generating images", len(order), progress)
         with bar as advance:
             for batch in self._batches(requests):
                 images = self._run(requests, batch)
@@ -461,7 +458,3 @@ class DiffusersGenerator:
                         details=facts[mode],
                     )
                     emitted += 1
-
-
-def _no_op(n: int = 1) -> None:
-    """Progress callback when no bar is shown."""

@@ -47,9 +47,9 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from utilgen.generate.differentiable import resize_bicubic
 from utilgen.generate.diffusers_backend import DiffusersGenerator
 from utilgen.generate.request import GenerationError, GenerationRequest
 
@@ -474,9 +474,7 @@ class DiffusersSampler:
             pixels = pixels.expand(-1, 3, -1, -1)
         size = self.generator.image_size
         if tuple(pixels.shape[-2:]) != (size, size):
-            pixels = F.interpolate(
-                pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False
-            ).clamp(0.0, 1.0)
+            pixels = resize_bicubic(pixels, (size, size))
         posterior = vae.encode((pixels * 2 - 1).to(vae.dtype)).latent_dist
         return posterior.mean.float() * vae.config.scaling_factor
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from utilgen.errors import ModelNotFoundError
+from utilgen.errors import ModelNotFoundError, first_line
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -59,9 +59,8 @@ def load_text2image_pipeline(model: str, *, dtype: torch.dtype, variant: str | N
         )
     except (OSError, ValueError) as err:
         if local.is_dir():
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelNotFoundError(
-                f"generator.diffusers.model {model!r} cannot be loaded ({first}); pass a "
+                f"generator.diffusers.model {model!r} cannot be loaded ({first_line(err)}); pass a "
                 "directory written by a diffusers pipeline's save_pretrained"
             ) from None
         raise ModelNotFoundError(_not_found(model)) from None

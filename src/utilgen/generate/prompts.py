@@ -42,7 +42,7 @@ import numpy as np
 from utilgen.atomic import write_text_atomic
 from utilgen.config.diffusion import DiffusersConfig
 from utilgen.data.labelled import LabelledData
-from utilgen.errors import ConfigError, ModelNotFoundError
+from utilgen.errors import ConfigError, ModelNotFoundError, first_line
 from utilgen.generate.request import GenerationError, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -256,10 +256,10 @@ def load_captioner(model_dir: str, *, device: Any, dtype: Any = None) -> tuple[A
             local, local_files_only=True, dtype=dtype
         )
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelNotFoundError(
-            f"generator.diffusers.captioner {model_dir!r} holds no BLIP-2 model ({first}); pass "
-            "a directory written by save_pretrained of Blip2ForConditionalGeneration"
+            f"generator.diffusers.captioner {model_dir!r} holds no BLIP-2 model "
+            f"({first_line(err)}); pass a directory written by save_pretrained of "
+            "Blip2ForConditionalGeneration"
         ) from None
     return processor, model.to(device).eval()
 

@@ -65,18 +65,20 @@ def spent(metrics: Sequence[dict[str, Any]]) -> Cost:
     return total
 
 
+def _counted_budgets(budget: BudgetConfig, cost: Cost) -> tuple[tuple[str, int | None, int], ...]:
+    """``(name, limit, amount)`` of the budgets a cost is counted against before it is paid
+    (samples and generator calls; time cannot be projected)."""
+    return (
+        ("synthetic_samples", budget.synthetic_samples, cost.synthetic_samples),
+        ("generator_calls", budget.generator_calls, cost.generator_calls),
+    )
+
+
 def budget_exceeded(budget: BudgetConfig, spent_so_far: Cost, next_round: Cost) -> str | None:
     """The budget the next round would overrun (``budget:<name>``), or None if it fits."""
-    if (
-        budget.synthetic_samples is not None
-        and spent_so_far.synthetic_samples + next_round.synthetic_samples > budget.synthetic_samples
-    ):
-        return "budget:synthetic_samples"
-    if (
-        budget.generator_calls is not None
-        and spent_so_far.generator_calls + next_round.generator_calls > budget.generator_calls
-    ):
-        return "budget:generator_calls"
+    for name, limit, amount in _counted_budgets(budget, spent_so_far + next_round):
+        if limit is not None and amount > limit:
+            return f"budget:{name}"
     # Time cannot be projected: a round starts while any is left.
     if budget.wall_seconds is not None and spent_so_far.wall_seconds >= budget.wall_seconds:
         return "budget:wall_seconds"
@@ -89,22 +91,13 @@ def check_first_round_budget(budget: BudgetConfig, first_round: Cost) -> None:
     Raises:
         ConfigError: round 1 needs more samples or generator calls than the budget allows.
     """
-    if budget.synthetic_samples is not None and first_round.synthetic_samples > (
-        budget.synthetic_samples
-    ):
-        raise ConfigError(
-            f"loop.budget.synthetic_samples={budget.synthetic_samples} is exhausted before "
-            f"round 1, which makes {first_round.synthetic_samples}; raise the budget or lower "
-            "generator.per_class"
-        )
-    if budget.generator_calls is not None and first_round.generator_calls > (
-        budget.generator_calls
-    ):
-        raise ConfigError(
-            f"loop.budget.generator_calls={budget.generator_calls} is exhausted before round "
-            f"1, which needs {first_round.generator_calls}; raise the budget or lower "
-            "generator.per_class"
-        )
+    verbs = {"synthetic_samples": "makes", "generator_calls": "needs"}
+    for name, limit, amount in _counted_budgets(budget, first_round):
+        if limit is not None and amount > limit:
+            raise ConfigError(
+                f"loop.budget.{name}={limit} is exhausted before round 1, which {verbs[name]} "
+                f"{amount}; raise the budget or lower generator.per_class"
+            )
 
 
 def plateaued(plateau: PlateauConfig, val_accuracy: Sequence[float]) -> bool:

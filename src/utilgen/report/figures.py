@@ -10,7 +10,7 @@ helpers next to them (:func:`mean_per_class`, :func:`utility_histograms`,
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,38 +110,57 @@ def accuracy_vs_samples_figure(
     # distinct hollow markers keep all of them visible.
     marker = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(colours)}
     labelled: set[str] = set()
-    for (strategy, _), rows in points.groupby(["strategy", "run"], sort=False):
-        rows = rows.sort_values("n_synthetic")
-        label = f"{strategy} (rounds)"
-        ax.plot(
-            rows["n_synthetic"],
-            rows["accuracy"],
-            marker=marker.get(strategy, "o"),
-            markerfacecolor="none",
-            markersize=8,
-            linewidth=0.8,
-            alpha=0.8,
-            color=colours.get(strategy),
-            label=None if label in labelled else label,
-        )
-        labelled.add(label)
-    for (strategy, _), rows in curves.groupby(["strategy", "run"], sort=False):
-        rows = rows.sort_values("n_synthetic")
-        label = f"{strategy} (efficiency curve)"
-        ax.plot(
-            rows["n_synthetic"],
-            rows["accuracy"],
-            linestyle="--",
-            linewidth=2.0,
-            color=colours.get(strategy),
-            label=None if label in labelled else label,
-        )
-        labelled.add(label)
+    _plot_runs(
+        ax,
+        points,
+        "rounds",
+        colours,
+        labelled,
+        lambda strategy: {
+            "marker": marker.get(strategy, "o"),
+            "markerfacecolor": "none",
+            "markersize": 8,
+            "linewidth": 0.8,
+            "alpha": 0.8,
+        },
+    )
+    _plot_runs(
+        ax,
+        curves,
+        "efficiency curve",
+        colours,
+        labelled,
+        lambda strategy: {"linestyle": "--", "linewidth": 2.0},
+    )
     ax.set_xlabel("synthetic training samples")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
+
+
+def _plot_runs(
+    ax: Any,
+    frame: pd.DataFrame,
+    kind: str,
+    colours: Mapping[str, Any],
+    labelled: set[str],
+    style: Callable[[str], dict[str, Any]],
+) -> None:
+    """One line of accuracy over ``n_synthetic`` per (strategy, run) of ``frame``, styled by
+    ``style(strategy)``; a strategy's first line of this ``kind`` carries the legend label
+    (``labelled``: the labels already used, updated)."""
+    for (strategy, _), rows in frame.groupby(["strategy", "run"], sort=False):
+        rows = rows.sort_values("n_synthetic")
+        label = f"{strategy} ({kind})"
+        ax.plot(
+            rows["n_synthetic"],
+            rows["accuracy"],
+            color=colours.get(strategy),
+            label=None if label in labelled else label,
+            **style(strategy),
+        )
+        labelled.add(label)
 
 
 # -- utility histograms ---------------------------------------------------------------------

@@ -41,7 +41,7 @@ from utilgen.task.base import TaskModel
 from utilgen.task.checkpoint import checkpoint_name
 from utilgen.task.epoch_order import epoch_order
 from utilgen.task.torch_task_model import chunks
-from utilgen.task.train import Advance, TrainResult, training_inputs
+from utilgen.task.train import Advance, TrainResult, top1_accuracy, training_inputs
 from utilgen.task.weighted_loss import weighted_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": float(sums[0] / sums[1])}
         if rank == 0:
             if val is not None:
-                predicted = model.logits(val.items).argmax(axis=1)
-                metrics["val_accuracy"] = float(np.mean(predicted == val.labels))
+                metrics["val_accuracy"] = top1_accuracy(model, val)
             with tempfile.TemporaryDirectory() as tmp:
                 model.save(Path(tmp) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

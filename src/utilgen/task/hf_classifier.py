@@ -11,6 +11,7 @@ classification head.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import ClassifierModule
+from utilgen.task.model_sources import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,25 @@ def label_maps(num_classes: int) -> dict[str, Any]:
         "id2label": id2label,
         "label2id": {v: k for k, v in id2label.items()},
     }
+
+
+def load_classification_model(
+    loader: Callable[..., Any], model_path: str, num_classes: int, *, trust_remote_code: bool
+) -> Any:
+    """``loader`` (an ``AutoModelFor...Classification.from_pretrained``) on ``model_path``
+    with a new ``num_classes``-way head (``ignore_mismatched_sizes``: a pretrained head of
+    another width is replaced, the rest is kept).
+
+    Raises:
+        ModelNotFoundError: as :func:`~utilgen.task.model_sources.load_pretrained`.
+    """
+    return load_pretrained(
+        loader,
+        model_path,
+        trust_remote_code=trust_remote_code,
+        ignore_mismatched_sizes=True,
+        **label_maps(num_classes),
+    )
 
 
 class HFClassifier(ClassifierModule):

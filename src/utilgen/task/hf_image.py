@@ -25,7 +25,7 @@ from utilgen.data.labelled import Item
 from utilgen.errors import ConfigError
 from utilgen.task.base import Batch
 from utilgen.task.classifier_module import tensor_batch
-from utilgen.task.hf_classifier import HFClassifier, label_maps
+from utilgen.task.hf_classifier import HFClassifier, load_classification_model
 from utilgen.task.image_batch import as_hwc, images_to_tensor, pixels_to_tensor, to_channels
 from utilgen.task.model_sources import load_pretrained
 from utilgen.task.torch_task_model import TorchTaskModel
@@ -78,12 +78,11 @@ class HFImageModel(TorchTaskModel):
     ) -> None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        model = load_pretrained(
+        model = load_classification_model(
             AutoModelForImageClassification.from_pretrained,
             model_path,
+            num_classes,
             trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,
-            **label_maps(num_classes),
         )
         try:
             self.processor: Any = load_pretrained(

@@ -20,7 +20,7 @@ from torch import nn
 
 from utilgen.data.labelled import Item
 from utilgen.task.base import Batch
-from utilgen.task.hf_classifier import HFClassifier, label_maps
+from utilgen.task.hf_classifier import HFClassifier, load_classification_model
 from utilgen.task.model_sources import load_pretrained
 from utilgen.task.text_batch import as_texts
 from utilgen.task.torch_task_model import TorchTaskModel, check_labels, chunks, eval_mode
@@ -77,12 +77,11 @@ class HFTextModel(TorchTaskModel):
         self.tokenizer: Any = load_pretrained(
             AutoTokenizer.from_pretrained, model_path, trust_remote_code=trust_remote_code
         )
-        model = load_pretrained(
+        model = load_classification_model(
             AutoModelForSequenceClassification.from_pretrained,
             model_path,
+            num_classes,
             trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,
-            **label_maps(num_classes),
         )
         # GPT-style checkpoints have no pad token: pad with end-of-text (the usual choice),
         # and tell the classifier, which needs it to find the last real token of each row.

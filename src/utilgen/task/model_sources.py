@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from utilgen.errors import ModelNotFoundError
+from utilgen.errors import ModelNotFoundError, first_line
 
 T = TypeVar("T")
 
@@ -76,14 +76,9 @@ def load_pretrained(
             ) from None
         if local.is_dir():
             raise ModelNotFoundError(
-                f"task.model_path {model_id!r} holds no loadable model ({_first_line(err)}); "
+                f"task.model_path {model_id!r} holds no loadable model ({first_line(err)}); "
                 "pass a directory written by save_pretrained"
             ) from None
         if isinstance(err, OSError):
             raise ModelNotFoundError(not_found_message(model_id)) from None
         raise
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

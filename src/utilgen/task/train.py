@@ -136,7 +136,8 @@ def _epoch_progress(description: str, total: int, progress: Advance | None) -> I
         yield advance
 
 
-def _accuracy(model: TaskModel, data: LabelledData) -> float:
+def top1_accuracy(model: TaskModel, data: LabelledData) -> float:
+    """Share of ``data`` whose largest logit under ``model`` is the true label."""
     predicted = model.logits(data.items).argmax(axis=1)
     return float(np.mean(predicted == data.labels))
 
@@ -222,7 +223,7 @@ def train(
             order = epoch_order(inputs.keys, epoch)
             losses.append(_train_epoch(model, net, inputs, order, cfg.batch_size, optimizer))
             if val is not None:
-                accuracies.append(_accuracy(model, val))
+                accuracies.append(top1_accuracy(model, val))
             if checkpoint_dir is not None:
                 path = Path(checkpoint_dir) / checkpoint_name(epoch)
                 model.save(

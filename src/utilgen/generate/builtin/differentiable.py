@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers.schedulers.scheduling_ddim_inverse import DDIMInverseScheduler
 from torch.utils.checkpoint import checkpoint
 
 from utilgen.generate.builtin.generator import BuiltinDiffusionGenerator
 from utilgen.generate.builtin.sampling import guided_noise, sampling_timesteps
+from utilgen.generate.differentiable import resize_bicubic
 from utilgen.generate.request import GenerationRequest
 
 
@@ -82,16 +82,9 @@ class BuiltinSampler:
         pixels = (clean.clamp(-1.0, 1.0) + 1.0) / 2.0
         if (fmt.height, fmt.width) == tuple(pixels.shape[-2:]):
             return pixels
-        # The PNG path resizes with PIL bicubic; torch's bicubic with antialiasing is its
-        # differentiable counterpart (equal up to resampling differences).
-        resized = F.interpolate(
-            pixels,
-            size=(fmt.height, fmt.width),
-            mode="bicubic",
-            align_corners=False,
-            antialias=True,
-        )
-        return resized.clamp(0.0, 1.0)
+        # The PNG path resizes with PIL bicubic; resize_bicubic is its differentiable
+        # counterpart (equal up to resampling differences).
+        return resize_bicubic(pixels, (fmt.height, fmt.width))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         fmt = self.generator.image_format
@@ -101,13 +94,7 @@ class BuiltinSampler:
                 images.expand(-1, 3, -1, -1) if fmt.channels == 3 else images.mean(1, keepdim=True)
             )
         if tuple(images.shape[-2:]) != (fmt.size, fmt.size):
-            images = F.interpolate(
-                images,
-                size=(fmt.size, fmt.size),
-                mode="bicubic",
-                align_corners=False,
-                antialias=True,
-            ).clamp(0.0, 1.0)
+            images = resize_bicubic(images, (fmt.size, fmt.size))
         return images * 2.0 - 1.0
 
     @torch.no_grad()

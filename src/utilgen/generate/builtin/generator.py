@@ -17,7 +17,6 @@ On disk (``save_pretrained``)::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -42,7 +41,7 @@ from utilgen.generate.builtin.sampling import ddim_sample, noised_init, sampling
 from utilgen.generate.request import GenerationError, GenerationRequest
 from utilgen.pool.payload import encode_image
 from utilgen.pool.sample import Sample
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +373,7 @@ class BuiltinDiffusionGenerator:
         self, requests: list[GenerationRequest], *, round_index: int, progress: bool
     ) -> Iterator[Sample]:
         total = sum(r.num_outputs for r in requests)
-        bar = progress_bar("built-in diffusion: generate", total) if progress else None
-        with bar or contextlib.nullcontext(_no_progress) as advance:
+        with progress_or_nothing("built-in diffusion: generate", total, progress) as advance:
             for batch in self._batches(requests):
                 images, timesteps = self._generate_batch(batch)
                 for (request, i), image in zip(batch, images, strict=True):
@@ -472,7 +470,3 @@ class BuiltinDiffusionGenerator:
             device=device,
             training=meta.get("training", {}),
         )
-
-
-def _no_progress(n: int) -> None:
-    """The ``advance`` of a run without a progress bar."""

@@ -19,7 +19,6 @@ Every random draw (batches, noise, timesteps, label dropout) comes from one seed
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -36,7 +35,7 @@ from torch import nn
 
 from utilgen.config import BuiltinDiffusionConfig
 from utilgen.generate.builtin.model import ClassConditionalUNet
-from utilgen.progress import progress_bar
+from utilgen.progress import progress_or_nothing
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +104,6 @@ def lr_factor(step: int, warmup: int, total: int, cosine: bool) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _no_progress(n: int) -> None:
-    """The ``advance`` of a run without a progress bar."""
-
-
 def train_denoiser(
     model: ClassConditionalUNet,
     scheduler: DDPMScheduler,
@@ -152,8 +147,7 @@ def train_denoiser(
     losses: list[float] = []
     started = time.perf_counter()
     model.train()
-    bar = progress_bar(f"built-in diffusion: {phase}", steps) if progress else None
-    with bar or contextlib.nullcontext(_no_progress) as advance:
+    with progress_or_nothing(f"built-in diffusion: {phase}", steps, progress) as advance:
         for _ in range(steps):
             idx = next(batches)
             clean = images[idx]
