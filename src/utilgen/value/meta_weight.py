@@ -218,18 +218,28 @@ def meta_weight_step(
         p.grad = g
     meta_optimizer.step()
     # 4. real step with the updated weight net, on step 1's graph
-    with torch.no_grad():
-        new_weights = weight_net(losses.detach())
-    train_loss = (new_weights * losses).mean()
-    optimizer.zero_grad(set_to_none=True)
-    train_loss.backward()
-    optimizer.step()
+    new_weights, train_loss = real_step(weight_net, losses, optimizer)
     return MetaStep(
         weights=new_weights.detach().float().cpu(),
         losses=losses.detach().float().cpu(),
         train_loss=float(train_loss.detach()),
         meta_loss=float(meta_loss.detach()),
     )
+
+
+def real_step(
+    weight_net: WeightNet, losses: torch.Tensor, optimizer: torch.optim.Optimizer
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real step: the task model's parameters move on the mean V-weighted loss, the
+    weights computed without a graph (the weight net is not trained here). ``losses`` are
+    the per-sample losses with their graph; returns (weights, weighted loss)."""
+    with torch.no_grad():
+        weights = weight_net(losses.detach())
+    train_loss = (weights * losses).mean()
+    optimizer.zero_grad(set_to_none=True)
+    train_loss.backward()
+    optimizer.step()
+    return weights, train_loss
 
 
 def weighted_step(
@@ -243,12 +253,7 @@ def weighted_step(
     """A real step alone (no weight-net update): the steps between two meta steps when
     ``meta_interval`` > 1. ``meta_loss`` is NaN (none was computed)."""
     losses = F.cross_entropy(net(batch), labels, reduction="none")
-    with torch.no_grad():
-        weights = weight_net(losses.detach())
-    train_loss = (weights * losses).mean()
-    optimizer.zero_grad(set_to_none=True)
-    train_loss.backward()
-    optimizer.step()
+    weights, train_loss = real_step(weight_net, losses, optimizer)
     return MetaStep(
         weights=weights.detach().float().cpu(),
         losses=losses.detach().float().cpu(),
