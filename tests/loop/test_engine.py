@@ -168,6 +168,12 @@ def test_accumulate_trains_on_every_rounds_kept_samples(tmp_path: Path) -> None:
     assert table["round"].value_counts().to_dict() == {1: 30, 2: 30}
     one = read_training_set(tmp_path / "run/rounds/001")
     assert set(one["round"]) == {1}
+    # by id: round 2 trained on every kept synthetic sample of rounds 1 and 2, round 1 on its own
+    with PoolStore.open(tmp_path / "run") as store:
+        manifest = store.manifest()
+    kept = manifest[(manifest["source"] == "synthetic") & manifest["kept"]]
+    assert set(table["id"]) == set(kept["id"])
+    assert set(one["id"]) == set(kept[kept["round"] == 1]["id"])
 
 
 def test_samples_budget_stops_after_the_last_round_it_pays_for(tmp_path: Path) -> None:
