@@ -189,3 +189,29 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         out = capsys.readouterr().out
         assert exc.value.code == 0
         assert "Usage: utilgen" in out and "Example" in out, command
+
+
+def test_continued_training_after_the_classes_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loop.continue_training resumed on data whose classes changed since the last round:
+    exit 2, one line, and the run directory is left exactly as it was."""
+    from cli_helpers import TINY_BUILTIN
+
+    monkeypatch.setenv("UTILGEN_CACHE_DIR", str(tmp_path / "cache"))
+    data = _image_folder(tmp_path / "imgs", {"cat": 14, "dog": 14, "owl": 14})
+    run = tmp_path / "run"
+    args = ["--quiet", "run", "digits-static", "--out", str(run)]
+    for item in [
+        "data.source=imagefolder", f"data.path={data}", "data.k_shot=4", "task.epochs=2",
+        "generator.per_class=2", "loop.rounds=2", "loop.continue_training=true",
+        "valuation.scores=[marginal]", "valuation.selection=[]", *TINY_BUILTIN,
+    ]:
+        args += ["--set", item]
+    assert _cli(args, capsys)[0] == 0
+    (run / "rounds/002/metrics.json").unlink()  # round 2 is to be trained again
+    _image_folder(data, {"zebra": 14})  # ... on data with a fourth class, sorted last
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "lock"}
+    _assert_one_line_error(*_cli(args, capsys), "trained on 3 classes", "now has 4")
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "lock"}
+    assert after == before

@@ -78,6 +78,7 @@ from utilgen.task import (
     evaluate,
     train_val_gap,
 )
+from utilgen.task.checkpoint import list_checkpoints, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,22 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             k for key in keys for k in _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         ]
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def _check_trained_classes(layout: RunLayout, splits: Splits) -> None:
+    """Refuse to resume a run whose stage 1 was trained on another number of classes (the
+    data gained or lost a class since), before anything is written: every later round
+    loads that classifier."""
+    found = list_checkpoints(layout.round(STAGE1_ROUND).checkpoints)
+    if not found:
+        return
+    trained = read_sidecar(found[-1]).get("num_classes")
+    if trained is not None and int(trained) != splits.train.num_classes:
+        raise UtilgenError(
+            f"run directory {layout.root} was trained on {trained} classes and the data now "
+            f"has {splits.train.num_classes} ({', '.join(splits.train.class_names)}); the "
+            "classes changed since, so choose a new --out"
+        )
 
 
 def _stage1_pool(store: PoolStore, splits: Splits) -> None:
@@ -504,6 +521,7 @@ def run(
     _check_same_config(run_dir, config)
     prepared = prepared or prepare(config)
     check_run_dir(run_dir, prepared.splits, repair=repair)
+    _check_trained_classes(layout, prepared.splits)
     check_same_splits(run_dir, prepared.splits)
 
     # 2. lock the run directory and write the resolved config
