@@ -5,11 +5,15 @@ tests can predict label fidelity and compare resumed runs sample by sample."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from utilgen.config import RunConfig
 from utilgen.data import LabelledData
 from utilgen.generate import GenerationRequest, make_sample
+from utilgen.generate.builtin import builtin_class_requests
+from utilgen.loop.run import Prepared, prepare
 from utilgen.pool import Sample, encode_image
 
 
@@ -43,3 +47,20 @@ class ReplayGenerator:
                     modality="image", generator=self.name, round_index=round_index,
                     guidance=None, steps=None,
                 )
+
+
+def replay_prepared(config: RunConfig, per_class: int) -> Prepared:
+    """``prepare(config)`` without building a generator: the replay generator over the
+    digits the k-shot split leaves out, with the built-in kind's round-1 requests."""
+    base = prepare(config, with_generator=False)
+    assert base.splits.unused_train is not None
+    requests = builtin_class_requests(
+        base.splits.train.class_names,
+        per_class=per_class,
+        seed=config.seed,
+        round_index=1,
+        cfg=config.generator.builtin,
+    )
+    return replace(
+        base, generator=ReplayGenerator(base.splits.unused_train), requests=tuple(requests)
+    )

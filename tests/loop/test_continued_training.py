@@ -5,20 +5,18 @@ checkpoint that no longer fits the data fails the round before it writes anythin
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from replay import ReplayGenerator
+from replay import replay_prepared
 
 import utilgen.loop.generation_round as generation_round
 from utilgen.config import RunConfig, resolve_config
 from utilgen.errors import ConfigError, UtilgenError
-from utilgen.generate.builtin import builtin_class_requests
 from utilgen.loop.continued import continue_from_previous
-from utilgen.loop.run import Prepared, build_model, prepare, run
+from utilgen.loop.run import Prepared, build_model, run
 from utilgen.pool import RunLayout
 from utilgen.task import TaskModel
 from utilgen.task.checkpoint import list_checkpoints
@@ -42,18 +40,7 @@ def _config(*overrides: str) -> RunConfig:
 
 
 def _prepared(config: RunConfig) -> Prepared:
-    base = prepare(config, with_generator=False)
-    assert base.splits.unused_train is not None
-    requests = builtin_class_requests(
-        base.splits.train.class_names,
-        per_class=PER_CLASS,
-        seed=config.seed,
-        round_index=1,
-        cfg=config.generator.builtin,
-    )
-    return replace(
-        base, generator=ReplayGenerator(base.splits.unused_train), requests=tuple(requests)
-    )
+    return replay_prepared(config, PER_CLASS)
 
 
 def _state(model: TaskModel) -> dict[str, torch.Tensor]:

@@ -8,18 +8,16 @@ known) on a 5-shot digits split.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
-from replay import ReplayGenerator
+from replay import replay_prepared
 
 from utilgen.config import RunConfig, resolve_config
 from utilgen.config.loop import BudgetConfig, PlateauConfig
 from utilgen.errors import ConfigError
-from utilgen.generate.builtin import builtin_class_requests
 from utilgen.loop.run import Prepared, prepare, run
 from utilgen.loop.stopping import (
     Cost,
@@ -49,18 +47,7 @@ def _config(*overrides: str, rounds: int = 1) -> RunConfig:
 
 
 def _prepared(config: RunConfig) -> Prepared:
-    base = prepare(config, with_generator=False)
-    assert base.splits.unused_train is not None
-    requests = builtin_class_requests(
-        base.splits.train.class_names,
-        per_class=PER_CLASS,
-        seed=config.seed,
-        round_index=1,
-        cfg=config.generator.builtin,
-    )
-    return replace(
-        base, generator=ReplayGenerator(base.splits.unused_train), requests=tuple(requests)
-    )
+    return replay_prepared(config, PER_CLASS)
 
 
 def _run(config: RunConfig, run_dir: Path) -> dict:
