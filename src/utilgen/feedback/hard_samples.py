@@ -45,7 +45,6 @@ import numpy as np
 from utilgen.atomic import write_json_atomic
 from utilgen.config import GeneratorConfig, HardSampleConfig
 from utilgen.config.diffusion import DiffusersConfig
-from utilgen.config.generator import IMG2IMG_KINDS
 from utilgen.config.text_generation import CaptionPerturbationConfig
 from utilgen.data.labelled import LabelledData
 from utilgen.feedback.errors import FeedbackError
@@ -95,13 +94,12 @@ def _check_class_sizes(k: int, real_train: LabelledData) -> None:
 
 
 def _check_image_generator(generator: GeneratorConfig) -> None:
-    """Hard samples are img2img with the two image generator families this module knows
-    how to prompt (class labels for the built-in one, class texts for diffusers)."""
-    if generator.kind not in IMG2IMG_KINDS:
-        raise FeedbackError(
-            f"feedback.hard_samples needs an image generator, not generator.kind="
-            f"{generator.kind}; set generator.kind to {' or '.join(IMG2IMG_KINDS)}"
-        )
+    """Hard samples are img2img with the generator families :mod:`utilgen.generate.img2img`
+    knows how to prompt; its check, raised as this module's error."""
+    try:
+        img2img.check_img2img_generator(generator, "feedback.hard_samples")
+    except GenerationError as err:
+        raise FeedbackError(str(err)) from None
 
 
 def check_hard_sample_inputs(
