@@ -195,7 +195,7 @@ def test_udpo_pairs_ranked_by_margin_weighted_by_composite_gap() -> None:
 
     unweighted = cfg.model_copy(update={"weighted": False})
     same = build_pairs(udpo_table(MARGIN, COMPOSITE), unweighted, modality="text")
-    assert (same.weight == 1.0).all()
+    assert (same.weight == 1.0).all()  # exact: unweighted pairs get the literal 1.0
     assert same.chosen_id.tolist() == ["s1", "s2"]
 
 

@@ -187,6 +187,7 @@ def test_tiny_stable_diffusion_generates_them_as_img2img_with_provenance() -> No
         assert details["mode"] == "img2img"
         assert sample.parent_id == request.parent_id and sample.parent_id in data.ids
         assert sample.parent_id.split("/")[1] == sample.class_name
+        # exact: the configured strength is passed through, never computed
         assert sample.strength == request.strength == 0.5  # the first output of each parent
         assert details["request"]["metadata"] == {"real_init": True, "caption": ""}
         assert decode_image(sample.payload).shape == (32, 32, 3)

@@ -104,6 +104,8 @@ def test_without_continued_training_every_round_starts_from_the_same_initialisat
         config, prepared, RunLayout(tmp_path / "run").round(0).checkpoints
     )
     for weights, epochs in started:
+        # exact: both are the same seeded initialisation in this process (torch's CPU RNG
+        # draws the same numbers whatever the threads), not a computation
         assert all(torch.equal(weights[k], fresh[k]) for k in fresh)
         assert epochs == 2
     assert not all(torch.equal(stage1[k], fresh[k]) for k in fresh)  # the two cases differ

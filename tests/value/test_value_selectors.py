@@ -201,5 +201,6 @@ def test_fraction_rules_take_nothing_from_a_class_without_samples() -> None:
     dropped = DropLowest("s", 0.25).select(only_cats)
     assert sorted(dropped.kept_ids()) == ["c1", "c2", "c3"]
     assert sorted(KeepRatio("s", 0.5).select(only_cats).kept_ids()) == ["c1", "c2"]
+    # exact: the maximum normalises to (max - min) / (max - min), which IEEE makes 1.0
     assert Weighting("s", normalize=True).select(only_cats).weights()["c2"] == 1.0
     assert TopK("s", 1).select(only_cats).kept_ids() == ["c2"]
